@@ -1,0 +1,49 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "ckptfs",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ckptfs", targets: ["ckptfs"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .target(
+            name: "ObjectStore",
+            dependencies: ["CCurl", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "BlockCache",
+            dependencies: ["ObjectStore", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "Namespace",
+            dependencies: ["ObjectStore", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "CkptFS",
+            dependencies: [
+                "CFuse", "ObjectStore", "BlockCache", "Namespace",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "ckptfs",
+            dependencies: [
+                "CkptFS", "ObjectStore", "BlockCache", "Namespace",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "ObjectStoreTests", dependencies: ["ObjectStore"]),
+        .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache", "ObjectStore"]),
+        .testTarget(name: "NamespaceTests", dependencies: ["Namespace", "ObjectStore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

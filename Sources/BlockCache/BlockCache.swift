@@ -1,0 +1,227 @@
+import Glibc
+import Logging
+import Synchronization
+
+/// A bounded on-disk cache of object blocks with LRU eviction.
+///
+/// Each block is one file `blocks/XX/<objectID>.<index>` holding the data then a checksummed trailer
+/// (`BlockFile`). Files are written under a temporary name and renamed when complete, so a crash leaves
+/// either a whole block or a temporary file that the next start deletes. The index lives in memory and is
+/// rebuilt from the directory at start (oldest modification time evicted first). A block is verified
+/// against its checksum the first time this process opens it; one that fails is deleted, never served.
+public final class BlockCache: Sendable {
+    public let directory: String
+    public let capacity: Int64
+    private let blocksDirectory: String
+    private let state: Mutex<State>
+    private let tempCounter = Atomic<UInt64>(0)
+    private let logger = Logger(label: "ckptfs.cache")
+
+    struct Entry {
+        var size: Int64
+        var lastUse: UInt64
+        var verified: Bool
+    }
+
+    struct State {
+        var entries: [BlockKey: Entry] = [:]
+        var total: Int64 = 0
+        var clock: UInt64 = 0
+    }
+
+    /// Opens (creating with mode 0700 if needed) the cache in `directory`, bounded by `capacity` bytes.
+    public init(directory: String, capacity: Int64) throws(CacheError) {
+        self.directory = directory
+        self.capacity = capacity
+        blocksDirectory = directory + "/blocks"
+        try Self.preparePrivateDirectory(directory)
+        try Self.preparePrivateDirectory(blocksDirectory)
+        state = Mutex(Self.scan(blocksDirectory))
+        evictIfNeeded()
+    }
+
+    /// Bytes and blocks currently held.
+    public var usage: (bytes: Int64, blocks: Int) {
+        state.withLock { ($0.total, $0.entries.count) }
+    }
+
+    public func contains(_ key: BlockKey) -> Bool {
+        state.withLock { $0.entries[key] != nil }
+    }
+
+    /// Marks a block as just used, for LRU.
+    public func touch(_ key: BlockKey) {
+        state.withLock { state in
+            state.clock += 1
+            state.entries[key]?.lastUse = state.clock
+        }
+    }
+
+    /// Opens a cached block for reading, verifying its checksum on first use in this process.
+    /// Returns nil when the block is absent or was corrupt (and has now been dropped).
+    public func open(_ key: BlockKey) -> OpenFile? {
+        guard let entry = state.withLock({ state -> Entry? in
+            state.clock += 1
+            state.entries[key]?.lastUse = state.clock
+            return state.entries[key]
+        }) else { return nil }
+        let path = path(for: key)
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            forget(key)
+            return nil
+        }
+        let file = OpenFile(fd: fd)
+        if entry.verified { return file }
+        var info = stat()
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { scratch.deallocate() }
+        guard fstat(fd, &info) == 0, let trailer = BlockFile.readTrailer(fd: fd, fileSize: Int64(info.st_size)),
+            trailer.objectTag == key.object.low, BlockFile.verify(fd: fd, trailer: trailer, scratch: scratch)
+        else {
+            logger.warning("dropping corrupt cache block", metadata: ["file": "\(path)"])
+            unlink(path)
+            forget(key)
+            return nil
+        }
+        state.withLock { $0.entries[key]?.verified = true }
+        return file
+    }
+
+    /// Creates the temporary file a block is fetched into.
+    public func createFill(_ key: BlockKey) throws(CacheError) -> (file: OpenFile, tempPath: String) {
+        let final = path(for: key)
+        let temp = "\(final).\(getpid()).\(tempCounter.wrappingAdd(1, ordering: .relaxed).oldValue).tmp"
+        var fd = Glibc.open(temp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd < 0 && errno == ENOENT {
+            mkdir(String(final[..<final.lastIndex(of: "/")!]), 0o700)
+            fd = Glibc.open(temp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        }
+        guard fd >= 0 else { throw CacheError(path: temp, errno: errno) }
+        return (OpenFile(fd: fd), temp)
+    }
+
+    /// Seals a filled block (trailer, rename) and adds it to the index, evicting old blocks if over capacity.
+    public func commit(_ key: BlockKey, file: OpenFile, tempPath: String, length: Int64, checksum: UInt64) {
+        let trailer = BlockFile.Trailer(length: UInt64(length), checksum: checksum, objectTag: key.object.low)
+        guard BlockFile.writeTrailer(trailer, fd: file.fd), rename(tempPath, path(for: key)) == 0 else {
+            logger.warning("could not store cache block", metadata: ["file": "\(tempPath)", "errno": "\(errno)"])
+            unlink(tempPath)
+            return
+        }
+        let size = length + Int64(BlockFile.trailerSize)
+        state.withLock { state in
+            state.clock += 1
+            if let old = state.entries[key] { state.total -= old.size }
+            state.entries[key] = Entry(size: size, lastUse: state.clock, verified: true)
+            state.total += size
+        }
+        evictIfNeeded()
+    }
+
+    /// Deletes a temporary file of a fill that failed.
+    public func discard(tempPath: String) {
+        unlink(tempPath)
+    }
+
+    // MARK: Internals
+
+    func path(for key: BlockKey) -> String {
+        let name = key.object.description
+        return "\(blocksDirectory)/\(name.prefix(2))/\(name).\(key.index)"
+    }
+
+    private func forget(_ key: BlockKey) {
+        state.withLock { state in
+            if let old = state.entries.removeValue(forKey: key) { state.total -= old.size }
+        }
+    }
+
+    /// Evicts least recently used blocks until the cache is 5 % under capacity (batching evictions).
+    private func evictIfNeeded() {
+        let victims: [BlockKey] = state.withLock { state in
+            guard state.total > capacity else { return [] }
+            let target = capacity - capacity / 20
+            var victims: [BlockKey] = []
+            for (key, entry) in state.entries.sorted(by: { $0.value.lastUse < $1.value.lastUse }) {
+                if state.total <= target { break }
+                state.total -= entry.size
+                state.entries.removeValue(forKey: key)
+                victims.append(key)
+            }
+            return victims
+        }
+        for key in victims { unlink(path(for: key)) }
+        if !victims.isEmpty { logger.debug("evicted cache blocks", metadata: ["count": "\(victims.count)"]) }
+    }
+
+    /// Rebuilds the index from the files present; deletes leftover temporary files.
+    private static func scan(_ blocksDirectory: String) -> State {
+        var found: [(BlockKey, Int64, Int64)] = []
+        for sub in listDirectory(blocksDirectory) {
+            let subPath = blocksDirectory + "/" + sub
+            for name in listDirectory(subPath) {
+                let path = subPath + "/" + name
+                if name.hasSuffix(".tmp") {
+                    unlink(path)
+                    continue
+                }
+                let parts = name.split(separator: ".")
+                var info = stat()
+                guard parts.count == 2, let object = ObjectID(hex: parts[0]), let index = Int(parts[1]),
+                    stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG
+                else { continue }
+                found.append((BlockKey(object: object, index: index), Int64(info.st_size), Int64(info.st_mtim.tv_sec)))
+            }
+        }
+        var state = State()
+        for (key, size, _) in found.sorted(by: { $0.2 < $1.2 }) {
+            state.clock += 1
+            state.entries[key] = Entry(size: size, lastUse: state.clock, verified: false)
+            state.total += size
+        }
+        return state
+    }
+
+    private static func listDirectory(_ path: String) -> [String] {
+        guard let dir = opendir(path) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// Creates `path` (and parents) with mode 0700, or tightens an existing directory we own to 0700,
+    /// and checks that it is writable.
+    static func preparePrivateDirectory(_ path: String) throws(CacheError) {
+        var current = ""
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o700) != 0 && errno != EEXIST { throw CacheError(path: current, errno: errno) }
+        }
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw CacheError(path: path, errno: errno) }
+        guard (info.st_mode & S_IFMT) == S_IFDIR else { throw CacheError(path: path, errno: ENOTDIR) }
+        guard info.st_uid == geteuid() else { throw CacheError(path: path, message: "not owned by the current user") }
+        if info.st_mode & 0o777 != 0o700 && chmod(path, 0o700) != 0 { throw CacheError(path: path, errno: errno) }
+        guard access(path, R_OK | W_OK | X_OK) == 0 else { throw CacheError(path: path, errno: errno) }
+    }
+}
+
+/// A cache directory problem, as one line.
+public struct CacheError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+
+    init(path: String, errno code: Int32) {
+        description = "cache dir \(path): \(String(cString: strerror(code)))"
+    }
+
+    init(path: String, message: String) {
+        description = "cache dir \(path): \(message)"
+    }
+}

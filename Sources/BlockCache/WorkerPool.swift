@@ -1,0 +1,42 @@
+import Glibc
+
+/// A fixed set of threads running submitted work in FIFO order. Fetches run here, never on FUSE workers.
+public final class WorkerPool: @unchecked Sendable {
+    private let monitor = Monitor()
+    private var queue: [@Sendable () -> Void] = []
+    private var head = 0
+
+    public init(threads: Int, name: String) {
+        for _ in 0..<max(threads, 1) {
+            let box = Unmanaged.passRetained(self).toOpaque()
+            var thread = pthread_t()
+            pthread_create(&thread, nil, { raw in
+                let pool = Unmanaged<WorkerPool>.fromOpaque(raw!).takeRetainedValue()
+                pool.run()
+            }, box)
+            pthread_detach(thread)
+        }
+    }
+
+    public func submit(_ work: @escaping @Sendable () -> Void) {
+        monitor.withLock {
+            queue.append(work)
+        }
+        monitor.broadcast()
+    }
+
+    private func run() -> Never {
+        while true {
+            monitor.lock()
+            while head == queue.count { monitor.wait() }
+            let work = queue[head]
+            head += 1
+            if head > 1024 && head * 2 > queue.count {
+                queue.removeFirst(head)
+                head = 0
+            }
+            monitor.unlock()
+            work()
+        }
+    }
+}

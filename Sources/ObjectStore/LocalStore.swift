@@ -1,0 +1,133 @@
+import Glibc
+
+/// A local directory used as the object store (`file:///DIR`): each regular file is an object whose key
+/// is its path relative to the root. Symbolic links and special files are not objects and are ignored,
+/// so nothing outside the root is ever reached.
+public final class LocalStore: ObjectStore {
+    public let root: String
+    public let identity: String
+
+    public init(root: String) {
+        self.root = root
+        identity = "file:\(root)"
+    }
+
+    public func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage {
+        let slash = prefix.lastIndex(of: "/")
+        let directory = slash.map { String(prefix[...$0]) } ?? ""
+        let namePrefix = slash.map { String(prefix[prefix.index(after: $0)...]) } ?? prefix
+        var page = ListPage()
+        try walk(directory: directory, namePrefix: namePrefix, recursive: delimiter != "/", into: &page)
+        page.objects.sort { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+        page.commonPrefixes.sort { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        if let continuationToken {
+            page.objects.removeAll { !continuationToken.utf8.lexicographicallyPrecedes($0.key.utf8) }
+            page.commonPrefixes.removeAll { !continuationToken.utf8.lexicographicallyPrecedes($0.utf8) }
+        }
+        if let maxKeys, page.objects.count + page.commonPrefixes.count > maxKeys {
+            let merged = (page.objects.map { ($0.key, Optional($0)) } + page.commonPrefixes.map { ($0, nil) })
+                .sorted { $0.0.utf8.lexicographicallyPrecedes($1.0.utf8) }
+                .prefix(maxKeys)
+            page = ListPage(
+                objects: merged.compactMap { $0.1 }, commonPrefixes: merged.filter { $0.1 == nil }.map { $0.0 },
+                nextToken: merged.last?.0)
+        }
+        return page
+    }
+
+    public func head(key: String) throws(StoreError) -> ObjectInfo {
+        let path = try path(forKey: key)
+        var info = stat()
+        guard lstat(path, &info) == 0 else { throw errno == ENOENT ? .notFound(key) : .io(path: path, errno: errno) }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw .notFound(key) }
+        return Self.objectInfo(key: key, info)
+    }
+
+    public func get(
+        key: String, range: Range<Int64>, etag: String?,
+        sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void
+    ) throws(StoreError) {
+        let path = try path(forKey: key)
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw errno == ENOENT ? .notFound(key) : .io(path: path, errno: errno) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .io(path: path, errno: errno) }
+        if let etag, !etag.isEmpty, Self.objectInfo(key: key, info).etag != etag { throw .changed(key) }
+        let chunk = 1 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let want = Int(min(Int64(chunk), range.upperBound - offset))
+            let got = pread(fd, buffer.baseAddress, want, off_t(offset))
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw .io(path: path, errno: errno)
+            }
+            if got == 0 { throw .changed(key) }
+            try sink(UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
+            offset += Int64(got)
+        }
+    }
+
+    public func checkAccess(prefix: String) throws(StoreError) {
+        var info = stat()
+        guard stat(root, &info) == 0 else {
+            throw .invalidConfiguration("\(root): \(String(cString: strerror(errno)))")
+        }
+        guard (info.st_mode & S_IFMT) == S_IFDIR else { throw .invalidConfiguration("\(root) is not a directory") }
+        guard access(root, R_OK | X_OK) == 0 else { throw .invalidConfiguration("\(root): permission denied") }
+    }
+
+    // MARK: Helpers
+
+    /// ETag derived from size, modification time and inode, so a rewritten file never matches an old one.
+    static func objectInfo(key: String, _ info: stat) -> ObjectInfo {
+        let mtimeNs = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+        let etag = "\(String(info.st_size, radix: 16))-\(String(mtimeNs, radix: 16))-\(String(info.st_ino, radix: 16))"
+        return ObjectInfo(key: key, size: Int64(info.st_size), modified: Int64(info.st_mtim.tv_sec), etag: etag)
+    }
+
+    private func path(forKey key: String) throws(StoreError) -> String {
+        let segments = key.split(separator: "/", omittingEmptySubsequences: false)
+        guard !key.isEmpty, !segments.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
+            throw .notFound(key)
+        }
+        return root + "/" + key
+    }
+
+    private func walk(directory: String, namePrefix: String, recursive: Bool, into page: inout ListPage) throws(StoreError) {
+        let path = directory.isEmpty ? root : root + "/" + directory
+        guard let dir = opendir(path) else {
+            if errno == ENOENT || errno == ENOTDIR { return }
+            throw .io(path: path, errno: errno)
+        }
+        defer { closedir(dir) }
+        var children: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+            }
+            if name == "." || name == ".." || !name.hasPrefix(namePrefix) { continue }
+            children.append(name)
+        }
+        for name in children {
+            let key = directory + name
+            var info = stat()
+            guard lstat(root + "/" + key, &info) == 0 else { continue }
+            switch info.st_mode & S_IFMT {
+            case S_IFREG:
+                page.objects.append(Self.objectInfo(key: key, info))
+            case S_IFDIR:
+                if recursive {
+                    try walk(directory: key + "/", namePrefix: "", recursive: true, into: &page)
+                } else {
+                    page.commonPrefixes.append(key + "/")
+                }
+            default:
+                continue
+            }
+        }
+    }
+}
