@@ -1,0 +1,101 @@
+import BlockCache
+import Glibc
+import Logging
+import Namespace
+import ObjectStore
+import Synchronization
+
+/// The mounted file system's state, shared by every FUSE worker thread: the namespace, the object
+/// readers, and the settings that shape replies. Maps module errors to errno in one place.
+public final class FileSystem: Sendable {
+    /// Settings that shape FUSE replies.
+    public struct Settings: Sendable {
+        public var uid: UInt32
+        public var gid: UInt32
+        /// Kernel entry and attribute cache time, seconds.
+        public var metadataTTL: Double
+        /// Kernel cache time of "no such file" answers, seconds.
+        public var negativeTTL: Double
+        /// Reported `st_blksize`: tools size their I/O by it.
+        public var ioSize: Int
+        public var initialReadAhead: Int64
+        public var maximumReadAhead: Int64
+
+        public init(
+            uid: UInt32, gid: UInt32, metadataTTL: Double, negativeTTL: Double, ioSize: Int,
+            initialReadAhead: Int64, maximumReadAhead: Int64
+        ) {
+            self.uid = uid
+            self.gid = gid
+            self.metadataTTL = metadataTTL
+            self.negativeTTL = negativeTTL
+            self.ioSize = ioSize
+            self.initialReadAhead = initialReadAhead
+            self.maximumReadAhead = maximumReadAhead
+        }
+    }
+
+    let namespace: Namespace
+    let registry: ObjectRegistry
+    let cache: BlockCache
+    let settings: Settings
+    let mountTime: Int64
+    /// ETag each file had when last opened: the kernel page cache is kept across opens only while it matches.
+    let openedETags = Mutex<[UInt64: String]>([:])
+    let logger = Logger(label: "ckptfs.fuse")
+
+    public init(namespace: Namespace, registry: ObjectRegistry, cache: BlockCache, settings: Settings) {
+        self.namespace = namespace
+        self.registry = registry
+        self.cache = cache
+        self.settings = settings
+        mountTime = Int64(time(nil))
+    }
+
+    func stat(_ attributes: Attributes) -> stat {
+        var st = Glibc.stat()
+        st.st_ino = UInt(attributes.ino)
+        st.st_uid = settings.uid
+        st.st_gid = settings.gid
+        st.st_blksize = settings.ioSize
+        let modified = attributes.modified == 0 ? mountTime : attributes.modified
+        st.st_mtim = timespec(tv_sec: Int(modified), tv_nsec: 0)
+        st.st_ctim = st.st_mtim
+        st.st_atim = st.st_mtim
+        st.st_size = Int(attributes.size)
+        st.st_blocks = (st.st_size + 511) / 512
+        switch attributes.kind {
+        case .directory:
+            st.st_mode = Glibc.S_IFDIR | 0o555
+            st.st_nlink = 2
+        case .file:
+            st.st_mode = Glibc.S_IFREG | 0o444
+            st.st_nlink = 1
+        case .symlink:
+            st.st_mode = Glibc.S_IFLNK | 0o777
+            st.st_nlink = 1
+        }
+        return st
+    }
+
+    /// The errno for a failure.
+    static func errno(_ error: NamespaceError) -> Int32 {
+        switch error {
+        case .notFound: return ENOENT
+        case .notDirectory: return ENOTDIR
+        case .isDirectory: return EISDIR
+        case .notSymlink: return EINVAL
+        case .store(let error): return errno(error)
+        }
+    }
+
+    static func errno(_ error: StoreError) -> Int32 {
+        switch error {
+        case .notFound: return ENOENT
+        case .accessDenied: return EACCES
+        case .changed: return ESTALE
+        case .io(_, let code): return code
+        default: return EIO
+        }
+    }
+}

@@ -1,0 +1,244 @@
+import BlockCache
+import CFuse
+import Glibc
+import Namespace
+import ObjectStore
+
+/// Builds libfuse's low-level operations table. Each callback recovers the `FileSystem` from the request's
+/// userdata, does its work on the calling worker thread, and replies exactly once.
+///
+/// Writes are refused by the kernel (the mount is `ro`); `open` also refuses write modes with EROFS.
+func makeOperations() -> fuse_lowlevel_ops {
+    var ops = fuse_lowlevel_ops()
+
+    ops.`init` = { userdata, conn in
+        guard let conn else { return }
+        // Large kernel read-ahead: together with the BDI setting this yields 1 MiB read requests.
+        conn.pointee.max_readahead = 1 << 20
+        conn.pointee.max_background = 64
+        conn.pointee.congestion_threshold = 48
+        conn.pointee.want |= UInt32(FUSE_CAP_ASYNC_READ)
+        conn.pointee.want &= ~UInt32(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE)
+    }
+
+    ops.lookup = { req, parent, name in
+        let fs = FileSystem.from(req)
+        let name = String(cString: name!)
+        do throws(NamespaceError) {
+            let attributes = try fs.namespace.lookup(parent: parent, name: name)
+            var entry = fs.entry(attributes)
+            fuse_reply_entry(req, &entry)
+        } catch .notFound {
+            var entry = fuse_entry_param()
+            entry.entry_timeout = fs.settings.negativeTTL
+            fuse_reply_entry(req, &entry)
+        } catch {
+            fuse_reply_err(req, FileSystem.errno(error))
+        }
+    }
+
+    ops.forget = { req, ino, count in
+        FileSystem.from(req).namespace.forget(ino, count: count)
+        fuse_reply_none(req)
+    }
+
+    ops.forget_multi = { req, count, forgets in
+        let fs = FileSystem.from(req)
+        for index in 0..<count {
+            let item = forgets![index]
+            fs.namespace.forget(item.ino, count: item.nlookup)
+        }
+        fuse_reply_none(req)
+    }
+
+    ops.getattr = { req, ino, _ in
+        let fs = FileSystem.from(req)
+        do throws(NamespaceError) {
+            var st = fs.stat(try fs.namespace.attributes(ino))
+            fuse_reply_attr(req, &st, fs.settings.metadataTTL)
+        } catch {
+            fuse_reply_err(req, FileSystem.errno(error))
+        }
+    }
+
+    ops.readlink = { req, ino in
+        let fs = FileSystem.from(req)
+        do throws(NamespaceError) {
+            let target = try fs.namespace.readlink(ino)
+            fuse_reply_readlink(req, target)
+        } catch {
+            fuse_reply_err(req, FileSystem.errno(error))
+        }
+    }
+
+    ops.open = { req, ino, fi in
+        let fs = FileSystem.from(req)
+        guard let fi else { return }
+        let flags = fi.pointee.flags
+        if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 {
+            fuse_reply_err(req, EROFS)
+            return
+        }
+        do throws(NamespaceError) {
+            let info = try fs.namespace.object(ino)
+            let object = fs.registry.acquire(info)
+            let window = ReadAheadWindow(
+                initial: fs.settings.initialReadAhead, maximum: fs.settings.maximumReadAhead)
+            let handle = FileHandle(object: object, window: window)
+            fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
+            let previous = fs.openedETags.withLock { $0.updateValue(info.etag, forKey: ino) }
+            fi.pointee.keep_cache = previous == info.etag ? 1 : 0
+            if fuse_reply_open(req, fi) != 0 {
+                fs.registry.release(object)
+                Unmanaged<FileHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh))!).release()
+            }
+        } catch {
+            fuse_reply_err(req, FileSystem.errno(error))
+        }
+    }
+
+    ops.read = { req, _, size, offset, fi in
+        let fs = FileSystem.from(req)
+        let handle = Unmanaged<FileHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!)
+            .takeUnretainedValue()
+        let prefetch = handle.window.withLock { $0.record(offset: Int64(offset), length: Int64(size)) }
+        let oversized = size > ThreadBuffer.capacity
+        let base = oversized ? UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096) : ThreadBuffer.current()
+        defer { if oversized { base.deallocate() } }
+        do throws(StoreError) {
+            let count = try handle.object.read(
+                offset: Int64(offset), into: UnsafeMutableRawBufferPointer(start: base, count: size), prefetch: prefetch)
+            fuse_reply_buf(req, base, count)
+        } catch {
+            fs.logger.warning("read failed", metadata: ["key": "\(handle.object.key)", "error": "\(error)"])
+            fuse_reply_err(req, FileSystem.errno(error))
+        }
+    }
+
+    ops.release = { req, _, fi in
+        let fs = FileSystem.from(req)
+        let handle = Unmanaged<FileHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!)
+        fs.registry.release(handle.takeUnretainedValue().object)
+        handle.release()
+        fuse_reply_err(req, 0)
+    }
+
+    ops.opendir = { req, ino, fi in
+        let fs = FileSystem.from(req)
+        do throws(NamespaceError) {
+            let entries = try fs.namespace.entries(ino)
+            let handle = DirectoryHandle(ino: ino, parent: fs.namespace.parent(of: ino), entries: entries)
+            fi!.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
+            fi!.pointee.cache_readdir = 0
+            if fuse_reply_open(req, fi) != 0 {
+                Unmanaged<DirectoryHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).release()
+            }
+        } catch {
+            fuse_reply_err(req, FileSystem.errno(error))
+        }
+    }
+
+    ops.readdir = { req, _, size, offset, fi in
+        FileSystem.from(req).readdir(req: req, size: size, offset: Int64(offset), fi: fi!, plus: false)
+    }
+
+    ops.readdirplus = { req, _, size, offset, fi in
+        FileSystem.from(req).readdir(req: req, size: size, offset: Int64(offset), fi: fi!, plus: true)
+    }
+
+    ops.releasedir = { req, _, fi in
+        Unmanaged<DirectoryHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).release()
+        fuse_reply_err(req, 0)
+    }
+
+    ops.statfs = { req, _ in
+        let fs = FileSystem.from(req)
+        let usage = fs.cache.usage
+        let unit = UInt(fs.settings.ioSize)
+        var info = statvfs()
+        info.f_bsize = unit
+        info.f_frsize = unit
+        info.f_blocks = UInt(fs.cache.capacity) / unit
+        info.f_bfree = UInt(max(0, fs.cache.capacity - usage.bytes)) / unit
+        info.f_bavail = 0
+        info.f_namemax = UInt(NameRules.maxNameBytes)
+        fuse_reply_statfs(req, &info)
+    }
+
+    return ops
+}
+
+extension FileSystem {
+    static func from(_ req: fuse_req_t?) -> FileSystem {
+        Unmanaged<FileSystem>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
+    }
+
+    func entry(_ attributes: Attributes) -> fuse_entry_param {
+        var entry = fuse_entry_param()
+        entry.ino = attributes.ino
+        entry.attr = stat(attributes)
+        entry.attr_timeout = settings.metadataTTL
+        entry.entry_timeout = settings.metadataTTL
+        return entry
+    }
+
+    /// Fills one READDIR(PLUS) reply from the handle's snapshot. Offsets: 1 after `.`, 2 after `..`,
+    /// then position + 3. With `plus`, each entry added counts one lookup (the kernel keeps it).
+    func readdir(req: fuse_req_t?, size: Int, offset: Int64, fi: UnsafeMutablePointer<fuse_file_info>, plus: Bool) {
+        let handle = Unmanaged<DirectoryHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh))!)
+            .takeUnretainedValue()
+        let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
+        defer { buffer.deallocate() }
+        var used = 0
+        var position = Int(offset)
+        let total = handle.entries.count + 2
+        while position < total {
+            let name: String
+            var attributes: Attributes?
+            if position == 0 {
+                name = "."
+            } else if position == 1 {
+                name = ".."
+            } else {
+                name = handle.entries[position - 2].name
+            }
+            let next = off_t(position + 1)
+            let needed: Int
+            if plus {
+                needed = fuse_add_direntry_plus(req, nil, 0, name, nil, 0)
+            } else {
+                needed = fuse_add_direntry(req, nil, 0, name, nil, 0)
+            }
+            if used + needed > size { break }
+            if plus {
+                var entry = fuse_entry_param()
+                if position >= 2 {
+                    attributes = namespace.register(parent: handle.ino, entry: handle.entries[position - 2])
+                    entry = self.entry(attributes!)
+                } else {
+                    entry.attr.st_ino = UInt(position == 0 ? handle.ino : handle.parent)
+                    entry.attr.st_mode = Glibc.S_IFDIR
+                }
+                used += fuse_add_direntry_plus(req, buffer + used, size - used, name, &entry, next)
+            } else {
+                var st = Glibc.stat()
+                if position >= 2 {
+                    let entry = handle.entries[position - 2]
+                    st.st_mode = {
+                        switch entry.kind {
+                        case .directory: return Glibc.S_IFDIR
+                        case .file: return Glibc.S_IFREG
+                        case .symlink: return Glibc.S_IFLNK
+                        }
+                    }()
+                } else {
+                    st.st_mode = Glibc.S_IFDIR
+                }
+                st.st_ino = UInt.max  // unknown: the kernel looks the name up when needed
+                used += fuse_add_direntry(req, buffer + used, size - used, name, &st, next)
+            }
+            position += 1
+        }
+        fuse_reply_buf(req, buffer, used)
+    }
+}

@@ -1,0 +1,108 @@
+import ObjectStore
+
+/// Turns object listings into directory contents.
+///
+/// Works from a delimiter listing (one directory) or from a flat listing (a whole subtree at once).
+/// Keys whose segments are not valid names are skipped and reported once each through `warn`; where a
+/// name is both a file and a directory, the directory wins. Adds the synthetic `latest` links.
+public struct ListingBuilder {
+    /// Directory prefix → its entries, sorted by name.
+    public private(set) var directories: [String: [String: EntryKind]] = [:]
+    /// Directory prefix → newest modification time of any object below it.
+    private var newest: [String: Int64] = [:]
+    private let base: String
+    private let warn: (String) -> Void
+
+    public init(base: String, warn: @escaping (String) -> Void) {
+        self.base = base
+        self.warn = warn
+        directories[base] = [:]
+    }
+
+    /// Adds one object found under `base` (flat or delimiter listing).
+    public mutating func add(object: ObjectInfo) {
+        guard object.key.hasPrefix(base) else { return }
+        let relative = object.key.dropFirst(base.count)
+        if relative.isEmpty { return }  // the directory's own marker object
+        var segments = relative.split(separator: "/", omittingEmptySubsequences: false)
+        let isMarker = relative.hasSuffix("/")
+        if isMarker { segments.removeLast() }
+        guard segments.allSatisfy(NameRules.isValid) else {
+            warn("skipping key '\(object.key)': not a valid path (empty, '.', '..' or over-long segment)")
+            return
+        }
+        var directory = base
+        for (position, segment) in segments.enumerated() {
+            newest[directory] = max(newest[directory] ?? .min, object.modified)
+            let name = String(segment)
+            if position == segments.count - 1 && !isMarker {
+                addFile(name, object, in: directory)
+            } else {
+                let child = directory + name + "/"
+                addDirectory(name, prefix: child, in: directory)
+                directory = child
+            }
+        }
+        if isMarker { newest[directory] = max(newest[directory] ?? .min, object.modified) }
+    }
+
+    /// Adds one common prefix of a delimiter listing.
+    public mutating func add(commonPrefix: String) {
+        guard commonPrefix.hasPrefix(base), commonPrefix.hasSuffix("/") else { return }
+        let name = commonPrefix.dropFirst(base.count).dropLast()
+        guard NameRules.isValid(name) else {
+            warn("skipping prefix '\(commonPrefix)': not a valid directory name")
+            return
+        }
+        addDirectory(String(name), prefix: commonPrefix, in: base)
+    }
+
+    private mutating func addFile(_ name: String, _ object: ObjectInfo, in directory: String) {
+        if case .directory = directories[directory]?[name] {
+            warn("hiding file '\(object.key)': a directory of the same name exists")
+            return
+        }
+        directories[directory, default: [:]][name] = .file(object)
+    }
+
+    private mutating func addDirectory(_ name: String, prefix: String, in directory: String) {
+        if case .file(let object) = directories[directory]?[name] {
+            warn("hiding file '\(object.key)': a directory of the same name exists")
+        }
+        directories[directory, default: [:]][name] = .directory(prefix: prefix)
+        if directories[prefix] == nil { directories[prefix] = [:] }
+    }
+
+    /// Adds `latest -> checkpoint-<largest N>` to every directory holding checkpoint directories and no
+    /// real `latest`; with `projects`, adds `latest -> <job>/checkpoint-N` to those project directories,
+    /// pointing at the checkpoint holding the most recently modified object (ties: the larger N).
+    public mutating func addReferences(projects: Set<String> = []) {
+        var jobLatest: [String: (name: String, number: Int)] = [:]
+        for (prefix, entries) in directories {
+            var best: (name: String, number: Int)?
+            for (name, kind) in entries {
+                guard case .directory = kind, let number = NameRules.checkpointNumber(name) else { continue }
+                if best == nil || number > best!.number { best = (name, number) }
+            }
+            if let best { jobLatest[prefix] = best }
+        }
+        for (prefix, best) in jobLatest where directories[prefix]?["latest"] == nil {
+            directories[prefix]?["latest"] = .symlink(target: best.name)
+        }
+        for project in projects where directories[project]?["latest"] == nil {
+            var best: (target: String, time: Int64, number: Int)?
+            for (jobName, kind) in directories[project] ?? [:] {
+                guard case .directory(let jobPrefix) = kind else { continue }
+                for (name, child) in directories[jobPrefix] ?? [:] {
+                    guard case .directory(let checkpointPrefix) = child, let number = NameRules.checkpointNumber(name),
+                        let time = newest[checkpointPrefix]
+                    else { continue }
+                    if best == nil || time > best!.time || (time == best!.time && number > best!.number) {
+                        best = ("\(jobName)/\(name)", time, number)
+                    }
+                }
+            }
+            if let best { directories[project]?["latest"] = .symlink(target: best.target) }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+import Glibc
+import Logging
+import ObjectStore
+import Synchronization
+
+/// The file tree over the store: inode numbers with kernel lookup counts, directory listings cached for
+/// `metadataTTL`, and checkpoint references.
+///
+/// Listings are fetched on first use of a directory, outside any lock. A project directory (one level
+/// below the root) is listed flat, in one paginated request sequence, which fills the listings of its
+/// whole subtree at once and gives the modification times `latest` needs.
+public final class Namespace: Sendable {
+    public static let rootIno: UInt64 = 1
+    /// Beyond this many keys, a project is listed directory by directory and gets no project `latest`.
+    public static let projectScanLimit = 100_000
+
+    public struct Configuration: Sendable {
+        public var rootPrefix: String
+        public var metadataTTL: Double
+        public init(rootPrefix: String, metadataTTL: Double) {
+            self.rootPrefix = rootPrefix
+            self.metadataTTL = metadataTTL
+        }
+    }
+
+    struct Inode {
+        let parent: UInt64
+        let name: String
+        var kind: EntryKind
+        var lookups: UInt64
+    }
+
+    struct Listing {
+        let entries: [DirEntry]
+        let byName: [String: Int]
+        let fetchedAt: Double
+    }
+
+    struct Table {
+        var inodes: [UInt64: Inode] = [:]
+        var byName: [ParentName: UInt64] = [:]
+        var nextIno: UInt64 = 2
+    }
+
+    struct ParentName: Hashable {
+        let parent: UInt64
+        let name: String
+    }
+
+    private let store: any ObjectStore
+    public let configuration: Configuration
+    private let table: Mutex<Table>
+    private let listings = Mutex<[String: Listing]>([:])
+    private let warned = Mutex<Set<String>>([])
+    private let logger = Logger(label: "ckptfs.namespace")
+
+    public init(store: any ObjectStore, configuration: Configuration) {
+        self.store = store
+        self.configuration = configuration
+        var table = Table()
+        table.inodes[Self.rootIno] = Inode(
+            parent: Self.rootIno, name: "", kind: .directory(prefix: configuration.rootPrefix), lookups: 1)
+        self.table = Mutex(table)
+    }
+
+    // MARK: Operations
+
+    /// Resolves `name` in directory `parent` and counts one kernel reference to the result.
+    public func lookup(parent: UInt64, name: String) throws(NamespaceError) -> Attributes {
+        let prefix = try directoryPrefix(parent)
+        let listing = try listing(prefix)
+        guard let position = listing.byName[name] else { throw .notFound }
+        return register(parent: parent, entry: listing.entries[position])
+    }
+
+    /// Counts one kernel reference to an entry returned by `entries` (READDIRPLUS).
+    public func register(parent: UInt64, entry: DirEntry) -> Attributes {
+        table.withLock { table in
+            let key = ParentName(parent: parent, name: entry.name)
+            if let ino = table.byName[key], var inode = table.inodes[ino] {
+                inode.kind = entry.kind
+                inode.lookups += 1
+                table.inodes[ino] = inode
+                return attributes(ino, entry.kind)
+            }
+            let ino = table.nextIno
+            table.nextIno += 1
+            table.inodes[ino] = Inode(parent: parent, name: entry.name, kind: entry.kind, lookups: 1)
+            table.byName[key] = ino
+            return attributes(ino, entry.kind)
+        }
+    }
+
+    /// Drops `count` kernel references; an inode nobody references is forgotten.
+    public func forget(_ ino: UInt64, count: UInt64) {
+        guard ino != Self.rootIno else { return }
+        table.withLock { table in
+            guard var inode = table.inodes[ino] else { return }
+            inode.lookups = inode.lookups > count ? inode.lookups - count : 0
+            if inode.lookups == 0 {
+                table.inodes.removeValue(forKey: ino)
+                let key = ParentName(parent: inode.parent, name: inode.name)
+                if table.byName[key] == ino { table.byName.removeValue(forKey: key) }
+            } else {
+                table.inodes[ino] = inode
+            }
+        }
+    }
+
+    public func attributes(_ ino: UInt64) throws(NamespaceError) -> Attributes {
+        guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
+        return attributes(ino, kind)
+    }
+
+    /// The entries of directory `ino`, sorted by name (without `.` and `..`).
+    public func entries(_ ino: UInt64) throws(NamespaceError) -> [DirEntry] {
+        try listing(directoryPrefix(ino)).entries
+    }
+
+    /// The parent directory's inode (the root is its own parent).
+    public func parent(of ino: UInt64) -> UInt64 {
+        table.withLock { $0.inodes[ino]?.parent ?? Self.rootIno }
+    }
+
+    public func readlink(_ ino: UInt64) throws(NamespaceError) -> String {
+        guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
+        guard case .symlink(let target) = kind else { throw .notSymlink }
+        return target
+    }
+
+    /// The object behind file `ino`.
+    public func object(_ ino: UInt64) throws(NamespaceError) -> ObjectInfo {
+        guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
+        switch kind {
+        case .file(let info): return info
+        case .directory: throw .isDirectory
+        case .symlink: throw .notFound
+        }
+    }
+
+    // MARK: Listings
+
+    private func directoryPrefix(_ ino: UInt64) throws(NamespaceError) -> String {
+        guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
+        guard case .directory(let prefix) = kind else { throw .notDirectory }
+        return prefix
+    }
+
+    private func listing(_ prefix: String) throws(NamespaceError) -> Listing {
+        let now = Self.monotonicSeconds()
+        if let cached = listings.withLock({ $0[prefix] }), now - cached.fetchedAt < configuration.metadataTTL {
+            return cached
+        }
+        let built: [String: [String: EntryKind]]
+        do throws(StoreError) {
+            built = try fetch(prefix)
+        } catch {
+            logger.warning("listing failed", metadata: ["prefix": "\(prefix)", "error": "\(error)"])
+            throw .store(error)
+        }
+        let fetchedAt = Self.monotonicSeconds()
+        var result: Listing?
+        listings.withLock { listings in
+            for (directory, entries) in built {
+                let sorted = entries.map { DirEntry(name: $0.key, kind: $0.value) }
+                    .sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+                var byName: [String: Int] = [:]
+                byName.reserveCapacity(sorted.count)
+                for (position, entry) in sorted.enumerated() { byName[entry.name] = position }
+                let listing = Listing(entries: sorted, byName: byName, fetchedAt: fetchedAt)
+                listings[directory] = listing
+                if directory == prefix { result = listing }
+            }
+        }
+        return result ?? Listing(entries: [], byName: [:], fetchedAt: fetchedAt)
+    }
+
+    /// Lists `prefix` from the store: flat for a project directory (filling its subtree), else by delimiter.
+    private func fetch(_ prefix: String) throws(StoreError) -> [String: [String: EntryKind]] {
+        let relative = prefix.dropFirst(configuration.rootPrefix.count)
+        let isProject = relative.split(separator: "/", omittingEmptySubsequences: false).count == 2
+        if isProject {
+            let page = try store.listAll(prefix: prefix, delimiter: nil, limit: Self.projectScanLimit)
+            if page.nextToken == nil {
+                var builder = ListingBuilder(base: prefix, warn: warnOnce)
+                for object in page.objects { builder.add(object: object) }
+                builder.addReferences(projects: [prefix])
+                return builder.directories
+            }
+            warnOnce("project '\(prefix)' holds over \(Self.projectScanLimit) keys: listing it by directory, without a project 'latest'")
+        }
+        let page = try store.listAll(prefix: prefix, delimiter: "/")
+        var builder = ListingBuilder(base: prefix, warn: warnOnce)
+        for object in page.objects { builder.add(object: object) }
+        for common in page.commonPrefixes { builder.add(commonPrefix: common) }
+        builder.addReferences()
+        // A delimiter listing describes only this directory; the sub-directories it names are listed later.
+        return [prefix: builder.directories[prefix] ?? [:]]
+    }
+
+    private func warnOnce(_ message: String) {
+        let first = warned.withLock { $0.insert(message).inserted }
+        if first { logger.warning("\(message)") }
+    }
+
+    private func attributes(_ ino: UInt64, _ kind: EntryKind) -> Attributes {
+        switch kind {
+        case .directory: return Attributes(ino: ino, kind: kind, size: 0, modified: 0)
+        case .file(let info): return Attributes(ino: ino, kind: kind, size: info.size, modified: info.modified)
+        case .symlink(let target): return Attributes(ino: ino, kind: kind, size: Int64(target.utf8.count), modified: 0)
+        }
+    }
+
+    static func monotonicSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+}

@@ -1,0 +1,131 @@
+import ArgumentParser
+import BlockCache
+import CkptFS
+import Glibc
+import Logging
+import Namespace
+import ObjectStore
+
+/// `ckptfs mount`: validates everything, then serves the mount from a detached daemon (or in the
+/// foreground). Returns only once the mount is live, or with a one-line error and nothing mounted.
+struct MountCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mount",
+        abstract: "Mount s3://BUCKET[/PREFIX] or file:///DIR read-only at MOUNTPOINT.",
+        discussion: """
+            Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN); \
+            without them requests are anonymous. The endpoint comes from --endpoint or AWS_ENDPOINT_URL.
+            """
+    )
+
+    @Argument(help: "The remote: s3://BUCKET[/PREFIX] or file:///DIR.")
+    var remote: String
+
+    @Argument(help: "An existing empty directory to mount on.")
+    var mountpoint: String
+
+    @Option(help: "S3 endpoint URL (path-style addressing), e.g. http://127.0.0.1:9000. Default: AWS_ENDPOINT_URL, else AWS S3.")
+    var endpoint: String?
+
+    @Option(help: "S3 region. Default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1.")
+    var region: String?
+
+    @Option(help: "Block cache directory (created 0700). Default: $XDG_CACHE_HOME/ckptfs or ~/.cache/ckptfs.")
+    var cacheDir: String?
+
+    @Option(help: "Upper bound of the block cache on disk, e.g. 20G.")
+    var cacheSize: String = "20G"
+
+    @Option(help: "Cache block size: a power of two from 1M to 64M.")
+    var blockSize: String = "8M"
+
+    @Option(help: "Seconds a directory listing (and the kernel's entry and attribute caches) stays valid.")
+    var metadataTTL: Double = 60
+
+    @Option(help: "Seconds the kernel remembers that a name does not exist.")
+    var negativeTTL: Double = 5
+
+    @Option(help: "Owner reported for every file. Default: the mounting user.")
+    var uid: UInt32?
+
+    @Option(help: "Group reported for every file. Default: the mounting user's group.")
+    var gid: UInt32?
+
+    @Flag(help: "Let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root).")
+    var allowOther = false
+
+    @Option(help: "PEM bundle of CA certificates to trust for TLS (private CAs). TLS is always verified.")
+    var caBundle: String?
+
+    @Option(help: "Parallel GET requests at most.")
+    var fetchThreads: Int = 8
+
+    @Flag(help: "Stay attached and log to stderr instead of detaching.")
+    var foreground = false
+
+    @Option(help: "Log file of the detached daemon. Default: ckptfs.log in the cache directory.")
+    var logFile: String?
+
+    @Option(help: "Log level: trace, debug, info, warning, error.")
+    var logLevel: String = "info"
+
+    @Option(help: .hidden)
+    var readyFD: Int32?
+
+    func run() throws {
+        var ready = readyFD.map(ReadyChannel.init)
+        do throws(CLIError) {
+            let plan = try MountPlan(command: self)
+            if foreground {
+                try serve(plan, ready: &ready)
+            } else {
+                try plan.startDaemon(arguments: CommandLine.arguments)
+            }
+        } catch {
+            if let channel = ready {
+                channel.send("error \(error.description.replacingNewlines())")
+                throw ExitCode(1)
+            }
+            throw fail(error)
+        }
+    }
+
+    private func serve(_ plan: MountPlan, ready: inout ReadyChannel?) throws(CLIError) {
+        let session: FuseSession
+        do throws(MountError) {
+            session = try FuseSession(fileSystem: plan.fileSystem, mountpoint: plan.mountpoint, options: plan.fuseOptions)
+        } catch {
+            throw CLIError(error.description)
+        }
+        let pidFile = try? Mountpoints.pidFile(for: plan.mountpoint)
+        if let pidFile { try? "\(getpid())\n".write(toFile: pidFile) }
+        Logger(label: "ckptfs").info("mounted", metadata: ["remote": "\(remote)", "mountpoint": "\(plan.mountpoint)"])
+        ready?.send("ready")
+        ready = nil
+        let status = session.run(maxThreads: 16)
+        if let pidFile { unlink(pidFile) }
+        Logger(label: "ckptfs").info("unmounted", metadata: ["status": "\(status)"])
+    }
+}
+
+/// The pipe on which a daemon tells the `mount` that started it "ready" or "error <message>".
+struct ReadyChannel {
+    let fd: Int32
+
+    init(_ fd: Int32) { self.fd = fd }
+
+    func send(_ message: String) {
+        let line = message + "\n"
+        _ = line.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+    }
+}
+
+extension String {
+    func write(toFile path: String) throws(CLIError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw CLIError("\(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        _ = withCString { Glibc.write(fd, $0, strlen($0)) }
+    }
+}

@@ -1,0 +1,153 @@
+import BlockCache
+import CkptFS
+import Glibc
+import Logging
+import Namespace
+import ObjectStore
+
+/// A validated mount: the store reached and the credentials accepted, the cache ready, the mount point
+/// checked. Built identically by `mount` (to fail early, with one line) and by the daemon it starts.
+struct MountPlan {
+    let mountpoint: String
+    let fileSystem: FileSystem
+    let fuseOptions: [String]
+    let cacheDirectory: String
+    let logFile: String
+
+    init(command: MountCommand) throws(CLIError) {
+        let environment = Self.environment()
+        let location: RemoteLocation
+        let store: any ObjectStore
+        do throws(StoreError) {
+            location = try RemoteLocation.parse(command.remote)
+            store = try Self.makeStore(location, command: command, environment: environment)
+        } catch {
+            throw CLIError(error.description)
+        }
+
+        let cacheSize = try ByteSize.parse(command.cacheSize, option: "--cache-size")
+        let blockSize = try ByteSize.parse(command.blockSize, option: "--block-size")
+        guard blockSize >= 1 << 20, blockSize <= 64 << 20, blockSize & (blockSize - 1) == 0 else {
+            throw CLIError("invalid --block-size \(command.blockSize): use a power of two from 1M to 64M")
+        }
+        guard cacheSize >= 8 * blockSize else {
+            throw CLIError("--cache-size \(command.cacheSize) is too small: at least 8 blocks (\(8 * blockSize >> 20)M) are needed")
+        }
+        guard command.metadataTTL >= 0, command.negativeTTL >= 0 else { throw CLIError("TTLs must be >= 0 seconds") }
+        guard (1...64).contains(command.fetchThreads) else { throw CLIError("--fetch-threads must be between 1 and 64") }
+        if let ca = command.caBundle, access(ca, R_OK) != 0 {
+            throw CLIError("--ca-bundle \(ca): \(String(cString: strerror(errno)))")
+        }
+
+        mountpoint = try Mountpoints.validate(command.mountpoint)
+        cacheDirectory = command.cacheDir ?? Self.defaultCacheDirectory(environment)
+        let cache: BlockCache
+        do throws(CacheError) {
+            cache = try BlockCache(directory: cacheDirectory, capacity: cacheSize)
+        } catch {
+            throw CLIError(error.description)
+        }
+        logFile = command.logFile ?? cacheDirectory + "/ckptfs.log"
+
+        do throws(StoreError) {
+            try store.checkAccess(prefix: location.prefix)
+        } catch {
+            throw CLIError(Self.describe(error, location: location))
+        }
+
+        let namespace = Namespace(
+            store: store,
+            configuration: .init(rootPrefix: location.prefix, metadataTTL: command.metadataTTL))
+        let registry = ObjectRegistry(store: store, cache: cache, fetchThreads: command.fetchThreads, blockSize: blockSize)
+        let settings = FileSystem.Settings(
+            uid: command.uid ?? getuid(), gid: command.gid ?? getgid(),
+            metadataTTL: command.metadataTTL, negativeTTL: command.negativeTTL,
+            ioSize: 1 << 20,
+            initialReadAhead: 2 * blockSize,
+            maximumReadAhead: min(256 << 20, cacheSize / 4))
+        fileSystem = FileSystem(namespace: namespace, registry: registry, cache: cache, settings: settings)
+        let fsname = command.remote.map { $0 == "," || $0 == " " ? "_" : $0 }
+        fuseOptions = ["ro", "default_permissions", "fsname=\(String(fsname))", "subtype=ckptfs"]
+            + (command.allowOther ? ["allow_other"] : [])
+    }
+
+    /// Starts `ckptfs mount … --foreground` as a detached daemon logging to `logFile`, and waits until it
+    /// reports the mount live (or fails). Credentials travel in the environment, never in argv.
+    func startDaemon(arguments: [String]) throws(CLIError) {
+        var pipeFDs: [Int32] = [0, 0]
+        guard pipe(&pipeFDs) == 0 else { throw CLIError("pipe: \(String(cString: strerror(errno)))") }
+        // Neither end may leak into other children; the daemon gets the write end as fd 3 via dup2.
+        pipeFDs.forEach { _ = fcntl($0, F_SETFD, FD_CLOEXEC) }
+        let log = open(logFile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard log >= 0 else {
+            close(pipeFDs[0]); close(pipeFDs[1])
+            throw CLIError("log file \(logFile): \(String(cString: strerror(errno)))")
+        }
+        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        var childArguments = [Subprocess.currentExecutable()] + arguments.dropFirst()
+        childArguments += ["--foreground", "--ready-fd", "3"]
+        if !arguments.contains(where: { $0 == "--log-file" || $0.hasPrefix("--log-file=") }) {
+            childArguments += ["--log-file", logFile]
+        }
+        let spawned: pid_t
+        do throws(CLIError) {
+            spawned = try Subprocess.spawn(childArguments, stdin: null, stdout: log, stderr: log, extra: pipeFDs[1], newSession: true)
+        } catch {
+            close(pipeFDs[0]); close(pipeFDs[1]); close(log); close(null)
+            throw error
+        }
+        close(pipeFDs[1]); close(log); close(null)
+        defer { close(pipeFDs[0]) }
+        var message = [UInt8]()
+        var byte: UInt8 = 0
+        while read(pipeFDs[0], &byte, 1) == 1 && byte != UInt8(ascii: "\n") { message.append(byte) }
+        let answer = String(decoding: message, as: UTF8.self)
+        if answer == "ready" { return }
+        if answer.hasPrefix("error ") { throw CLIError(String(answer.dropFirst(6))) }
+        let status = Subprocess.wait(spawned)
+        throw CLIError("the daemon exited (status \(status)) before mounting; see \(logFile)")
+    }
+
+    private static func makeStore(
+        _ location: RemoteLocation, command: MountCommand, environment: [String: String]
+    ) throws(StoreError) -> any ObjectStore {
+        switch location {
+        case .local(let root):
+            return LocalStore(root: root)
+        case .s3(let bucket, _):
+            let endpoint = command.endpoint ?? environment["AWS_ENDPOINT_URL"].flatMap { $0.isEmpty ? nil : $0 }
+            let region = command.region ?? environment["AWS_REGION"] ?? environment["AWS_DEFAULT_REGION"] ?? "us-east-1"
+            let configuration = S3Store.Configuration(
+                bucket: bucket, endpoint: endpoint, region: region,
+                credentials: try S3Credentials.fromEnvironment(environment), caBundle: command.caBundle)
+            return try S3Store(configuration)
+        }
+    }
+
+    private static func describe(_ error: StoreError, location: RemoteLocation) -> String {
+        switch error {
+        case .transport(_, let detail): return "cannot reach the object store: \(detail)"
+        case .notFound(let what): return "remote prefix \(what) not found (no keys under it)"
+        default: return error.description
+        }
+    }
+
+    private static func defaultCacheDirectory(_ environment: [String: String]) -> String {
+        if let xdg = environment["XDG_CACHE_HOME"], xdg.hasPrefix("/") { return xdg + "/ckptfs" }
+        let home = environment["HOME"] ?? "/tmp"
+        return home + "/.cache/ckptfs"
+    }
+
+    static func environment() -> [String: String] {
+        var result: [String: String] = [:]
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let text = String(cString: entry)
+            if let equals = text.firstIndex(of: "=") {
+                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            }
+            pointer += 1
+        }
+        return result
+    }
+}

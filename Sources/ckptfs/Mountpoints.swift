@@ -1,0 +1,54 @@
+import BlockCache
+import CkptFS
+import Glibc
+
+/// Checks on mount points and the per-user runtime directory where daemons leave their pid files.
+enum Mountpoints {
+    /// Resolves `path` and checks that it is an existing, empty directory that is not already mounted.
+    static func validate(_ path: String) throws(CLIError) -> String {
+        guard let resolved = realpath(path, nil) else {
+            switch errno {
+            case ENOENT: throw CLIError("mountpoint \(path) does not exist")
+            case ENOTCONN: throw CLIError("mountpoint \(path) is a stale FUSE mount; clear it with: fusermount3 -uz \(path)")
+            default: throw CLIError("mountpoint \(path): \(String(cString: strerror(errno)))")
+            }
+        }
+        let absolute = String(cString: resolved)
+        free(resolved)
+        var info = stat()
+        guard stat(absolute, &info) == 0 else { throw CLIError("mountpoint \(path): \(String(cString: strerror(errno)))") }
+        guard (info.st_mode & S_IFMT) == S_IFDIR else { throw CLIError("mountpoint \(path) is not a directory") }
+        if isMounted(absolute) { throw CLIError("mountpoint \(path) is already a mount point") }
+        guard let dir = opendir(absolute) else { throw CLIError("mountpoint \(path): \(String(cString: strerror(errno)))") }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name != "." && name != ".." { throw CLIError("mountpoint \(path) is not empty") }
+        }
+        return absolute
+    }
+
+    static func isMounted(_ absolute: String) -> Bool { MountTable.entry(at: absolute) != nil }
+
+    /// `$XDG_RUNTIME_DIR/ckptfs`, or `/tmp/ckptfs-UID`: created 0700 and required to be ours.
+    static func runtimeDirectory() throws(CLIError) -> String {
+        let base = getenv("XDG_RUNTIME_DIR").map { String(cString: $0) }
+        let path = base.map { "\($0)/ckptfs" } ?? "/tmp/ckptfs-\(geteuid())"
+        if mkdir(path, 0o700) != 0 && errno != EEXIST {
+            throw CLIError("runtime dir \(path): \(String(cString: strerror(errno)))")
+        }
+        var info = stat()
+        guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR, info.st_uid == geteuid() else {
+            throw CLIError("runtime dir \(path) is not a directory owned by the current user")
+        }
+        chmod(path, 0o700)
+        return path
+    }
+
+    /// Where the daemon serving `absolute` records its pid.
+    static func pidFile(for absolute: String) throws(CLIError) -> String {
+        let name = String(XXH64.hash(absolute), radix: 16)
+        return try runtimeDirectory() + "/\(name).pid"
+    }
+}
+
