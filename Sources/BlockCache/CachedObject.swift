@@ -23,6 +23,7 @@ public final class CachedObject: @unchecked Sendable {
     private let monitor = Monitor()
     private var files: [Int: OpenFile] = [:]
     private var fills: [Int: BlockFill] = [:]
+    private var waitingReaders = 0
 
     /// A block being fetched: its temporary file, how many bytes have arrived, and the outcome.
     /// `filled` and `error` are guarded by the object's monitor; `written` and `hasher` belong to the fetching thread.
@@ -90,7 +91,11 @@ public final class CachedObject: @unchecked Sendable {
         while true {
             if let file = files[index] { return file }
             if let fill = fills[index] {
-                while fill.error == nil && fill.filled < bytes { monitor.wait() }
+                while fill.error == nil && fill.filled < bytes {
+                    waitingReaders += 1
+                    monitor.wait()
+                    waitingReaders -= 1
+                }
                 if let error = fill.error { throw error }
                 return fill.file
             }
@@ -108,6 +113,9 @@ public final class CachedObject: @unchecked Sendable {
             }
         }
     }
+
+    /// Readers blocked on a block in flight (observability for `status` and tests).
+    public var waitingReaderCount: Int { monitor.withLock { waitingReaders } }
 
     /// Starts GETs for blocks between `offset` and `limit` that are neither cached nor in flight.
     ///

@@ -1,0 +1,93 @@
+import Glibc
+import Testing
+@testable import BlockCache
+
+@Suite struct BlockCacheTests {
+    private func store(_ cache: BlockCache, _ key: BlockKey, _ bytes: [UInt8]) throws {
+        let (file, temp) = try cache.createFill(key)
+        bytes.withUnsafeBytes { _ = writeFully(file.fd, $0, at: 0) }
+        let checksum = bytes.withUnsafeBytes { XXH64.hash($0) }
+        cache.commit(key, file: file, tempPath: temp, length: Int64(bytes.count), checksum: checksum)
+    }
+
+    private func read(_ file: OpenFile, count: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        _ = bytes.withUnsafeMutableBytes { readFully(file.fd, $0, at: 0) }
+        return bytes
+    }
+
+    private let object = ObjectID(store: "s", key: "k", etag: "e", blockSize: 4096)
+
+    @Test func createsItsDirectoryPrivate() throws {
+        let scratch = Scratch()
+        let cache = try BlockCache(directory: scratch.path + "/cache", capacity: 1 << 20)
+        var info = stat()
+        stat(cache.directory, &info)
+        #expect(info.st_mode & 0o777 == 0o700)
+    }
+
+    @Test func rejectsADirectoryThatIsAFile() throws {
+        let scratch = Scratch()
+        let fd = open(scratch.path + "/file", O_CREAT | O_WRONLY, 0o600)
+        close(fd)
+        #expect(throws: CacheError.self) { try BlockCache(directory: scratch.path + "/file", capacity: 1 << 20) }
+    }
+
+    @Test func evictsLeastRecentlyUsedBlocksBeyondCapacity() throws {
+        let scratch = Scratch()
+        let block = 4096
+        let cache = try BlockCache(directory: scratch.path, capacity: Int64(4 * (block + 32)))
+        let keys = (0..<4).map { BlockKey(object: object, index: $0) }
+        for key in keys { try store(cache, key, pattern(block, seed: key.index)) }
+        cache.touch(keys[0])  // 1 is now the least recently used
+        try store(cache, BlockKey(object: object, index: 4), pattern(block))
+        #expect(!cache.contains(keys[1]))
+        #expect(cache.contains(keys[0]))
+        #expect(cache.usage.bytes <= cache.capacity)
+        #expect(access(cache.path(for: keys[1]), F_OK) != 0)
+    }
+
+    @Test func survivesARestart() throws {
+        let scratch = Scratch()
+        let key = BlockKey(object: object, index: 7)
+        do {
+            let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+            try store(cache, key, pattern(5000))
+        }
+        let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        let file = try #require(reopened.open(key))
+        #expect(read(file, count: 5000) == pattern(5000))
+    }
+
+    @Test func dropsACorruptBlockInsteadOfServingIt() throws {
+        let scratch = Scratch()
+        let key = BlockKey(object: object, index: 0)
+        var path = ""
+        do {
+            let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+            try store(cache, key, pattern(5000))
+            path = cache.path(for: key)
+        }
+        let fd = open(path, O_WRONLY)
+        var byte: UInt8 = 0xFF
+        pwrite(fd, &byte, 1, 1234)
+        close(fd)
+        let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        #expect(reopened.open(key) == nil)
+        #expect(!reopened.contains(key))
+        #expect(access(path, F_OK) != 0)
+    }
+
+    @Test func deletesLeftoverTemporaryFilesAtStart() throws {
+        let scratch = Scratch()
+        let key = BlockKey(object: object, index: 0)
+        var temp = ""
+        do {
+            let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+            temp = try cache.createFill(key).tempPath
+        }
+        #expect(access(temp, F_OK) == 0)
+        _ = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        #expect(access(temp, F_OK) != 0)
+    }
+}

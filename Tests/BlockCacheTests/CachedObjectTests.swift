@@ -1,0 +1,108 @@
+import Glibc
+import ObjectStore
+import Testing
+@testable import BlockCache
+
+@Suite struct CachedObjectTests {
+    private let blockSize: Int64 = 64 << 10
+
+    private func makeObject(_ store: CountingStore, _ cache: BlockCache, key: String = "obj") throws -> CachedObject {
+        let registry = ObjectRegistry(store: store, cache: cache, fetchThreads: 4, blockSize: blockSize)
+        return registry.acquire(try store.head(key: key))
+    }
+
+    private func read(_ object: CachedObject, _ offset: Int64, _ count: Int, prefetch: Int64 = 0) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let got = try bytes.withUnsafeMutableBytes { try object.read(offset: offset, into: $0, prefetch: prefetch) }
+        return Array(bytes[0..<got])
+    }
+
+    @Test func readsExactBytesAcrossBlockBoundaries() throws {
+        let scratch = Scratch()
+        let data = pattern(300_000)
+        let store = CountingStore(objects: ["obj": data])
+        let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
+        #expect(try read(object, 65_000, 10_000) == Array(data[65_000..<75_000]))
+        #expect(try read(object, 299_990, 100) == Array(data[299_990...]))
+        #expect(try read(object, 300_000, 10).isEmpty)
+    }
+
+    @Test func concurrentReadersOfOneBlockCauseOneGet() throws {
+        let scratch = Scratch()
+        let data = pattern(Int(blockSize))
+        let store = CountingStore(objects: ["obj": data])
+        let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
+        store.hold()
+        let results = Mutex<[[UInt8]]>([])
+        let done = Monitor()
+        var finished = 0
+        for reader in 0..<8 {
+            let box = ThreadStart {
+                let bytes = (try? self.read(object, Int64(reader * 1000), 1000)) ?? []
+                results.withLock { $0.append(bytes) }
+                done.withLock { finished += 1 }
+                done.broadcast()
+            }
+            box.start()
+        }
+        // Release the held GET only once seven readers wait on the first one's fill: were fills not
+        // shared, they would each be blocked in their own GET instead and this would never happen.
+        var spins = 0
+        while object.waitingReaderCount < 7 || store.gets.load(ordering: .relaxed) < 1 {
+            spins += 1
+            try #require(spins < 10_000_000, "readers never joined the in-flight fetch")
+            sched_yield()
+        }
+        store.release()
+        done.withLock { while finished < 8 { done.wait() } }
+        #expect(store.gets.load(ordering: .relaxed) == 1)
+        #expect(results.withLock { $0.count } == 8)
+        #expect(results.withLock { $0.allSatisfy { $0.count == 1000 } })
+    }
+
+    @Test func secondReadIsServedFromTheCache() throws {
+        let scratch = Scratch()
+        let store = CountingStore(objects: ["obj": pattern(200_000)])
+        let cache = try BlockCache(directory: scratch.path, capacity: 64 << 20)
+        _ = try read(try makeObject(store, cache), 0, 200_000, prefetch: 200_000)
+        let gets = store.gets.load(ordering: .relaxed)
+        let again = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
+        #expect(try read(again, 0, 200_000) == pattern(200_000))
+        #expect(store.gets.load(ordering: .relaxed) == gets)
+    }
+
+    @Test func sequentialWindowFetchesARunWithOneGet() throws {
+        let scratch = Scratch()
+        let store = CountingStore(objects: ["obj": pattern(Int(blockSize) * 6)])
+        let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
+        _ = try read(object, 0, 4096, prefetch: blockSize * 6)
+        _ = try read(object, blockSize * 5, 4096)
+        #expect(store.gets.load(ordering: .relaxed) == 1)
+    }
+
+    @Test func failedFetchIsReportedAndRetriedOnTheNextRead() throws {
+        let scratch = Scratch()
+        let store = CountingStore(objects: ["obj": pattern(1000)])
+        let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
+        store.failNext(1)
+        #expect(throws: StoreError.self) { try read(object, 0, 10) }
+        #expect(try read(object, 0, 10) == Array(pattern(1000)[0..<10]))
+    }
+}
+
+/// Runs a closure on a new detached thread.
+final class ThreadStart: @unchecked Sendable {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
+
+    func start() {
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { raw in
+            Unmanaged<ThreadStart>.fromOpaque(raw!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(self).toOpaque())
+        pthread_detach(thread)
+    }
+}
+
+import Synchronization

@@ -1,0 +1,71 @@
+import ObjectStore
+import Testing
+@testable import Namespace
+
+@Suite struct ListingBuilderTests {
+    private func object(_ key: String, modified: Int64 = 0) -> ObjectInfo {
+        ObjectInfo(key: key, size: 1, modified: modified, etag: "e")
+    }
+
+    private func build(_ keys: [String], base: String = "", projects: Set<String> = []) -> (ListingBuilder, [String]) {
+        var warnings: [String] = []
+        var builder = ListingBuilder(base: base) { warnings.append($0) }
+        for key in keys { builder.add(object: object(key)) }
+        builder.addReferences(projects: projects)
+        return (builder, warnings)
+    }
+
+    @Test func skipsKeysThatAreNotValidPaths() {
+        let long = String(repeating: "x", count: 256)
+        let (builder, warnings) = build(["p/../evil", "p/./dot", "p//double", "p/\(long)", "p/ok", "/abs"])
+        #expect(builder.directories["p/"]?.keys.sorted() == ["ok"])
+        #expect(builder.directories[""]?.keys.sorted() == ["p"])
+        #expect(warnings.count == 5)
+    }
+
+    @Test func directoryWinsOverFileOfTheSameName() {
+        let (first, warnings) = build(["j/both", "j/both/inner"])
+        #expect(first.directories["j/"]?["both"] == .directory(prefix: "j/both/"))
+        #expect(warnings.count == 1)
+        let (second, _) = build(["j/both/inner", "j/both"])
+        #expect(second.directories["j/"]?["both"] == .directory(prefix: "j/both/"))
+    }
+
+    @Test func directoryMarkersMakeDirectories() {
+        let (builder, _) = build(["j/empty/", "j/"])
+        #expect(builder.directories["j/"]?["empty"] == .directory(prefix: "j/empty/"))
+    }
+
+    @Test func latestPointsAtTheNumericallyLargestCheckpoint() {
+        let (builder, _) = build(["j/checkpoint-9/a", "j/checkpoint-10/a", "j/checkpoint-2/a", "j/checkpoint-x/a"])
+        #expect(builder.directories["j/"]?["latest"] == .symlink(target: "checkpoint-10"))
+    }
+
+    @Test func realLatestWins() {
+        let (builder, _) = build(["j/checkpoint-1/a", "j/latest"])
+        #expect(builder.directories["j/"]?["latest"] == .file(object("j/latest")))
+    }
+
+    @Test func projectLatestIsTheMostRecentlyWrittenCheckpoint() {
+        var builder = ListingBuilder(base: "proj/") { _ in }
+        builder.add(object: object("proj/old/checkpoint-50/rank-0/a", modified: 100))
+        builder.add(object: object("proj/new/checkpoint-3/rank-0/a", modified: 200))
+        builder.add(object: object("proj/new/checkpoint-4/rank-0/a", modified: 150))
+        builder.addReferences(projects: ["proj/"])
+        #expect(builder.directories["proj/"]?["latest"] == .symlink(target: "new/checkpoint-3"))
+        #expect(builder.directories["proj/new/"]?["latest"] == .symlink(target: "checkpoint-4"))
+    }
+
+    @Test func nameRules() {
+        #expect(NameRules.isValid("model.safetensors"))
+        #expect(!NameRules.isValid(""))
+        #expect(!NameRules.isValid("."))
+        #expect(!NameRules.isValid(".."))
+        #expect(!NameRules.isValid("a\u{0}b"))
+        #expect(NameRules.isValid(String(repeating: "é", count: 127)))
+        #expect(!NameRules.isValid(String(repeating: "é", count: 128)))
+        #expect(NameRules.checkpointNumber("checkpoint-120") == 120)
+        #expect(NameRules.checkpointNumber("checkpoint-") == nil)
+        #expect(NameRules.checkpointNumber("tmp-checkpoint-3") == nil)
+    }
+}

@@ -1,0 +1,42 @@
+import Glibc
+import ObjectStore
+import Testing
+@testable import Namespace
+
+@Suite struct NamespaceTests {
+    private func makeTree() -> (String, Namespace) {
+        var template = Array("/tmp/ckptfs-ns-XXXXXX".utf8CString)
+        let root = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        _ = system("mkdir -p \(root)/proj/job/checkpoint-1/rank-0 && echo hi > \(root)/proj/job/checkpoint-1/rank-0/a.txt")
+        let namespace = Namespace(store: LocalStore(root: root), configuration: .init(rootPrefix: "", metadataTTL: 60))
+        return (root, namespace)
+    }
+
+    @Test func lookupWalksTheTreeAndCountsReferences() throws {
+        let (root, namespace) = makeTree()
+        defer { _ = system("rm -rf \(root)") }
+        let project = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
+        let job = try namespace.lookup(parent: project.ino, name: "job")
+        #expect(try namespace.entries(job.ino).map(\.name) == ["checkpoint-1", "latest"])
+        let latest = try namespace.lookup(parent: job.ino, name: "latest")
+        #expect(try namespace.readlink(latest.ino) == "checkpoint-1")
+        #expect(try namespace.readlink(try namespace.lookup(parent: project.ino, name: "latest").ino) == "job/checkpoint-1")
+        #expect(throws: NamespaceError.notFound) { try namespace.lookup(parent: job.ino, name: "missing") }
+
+        let again = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
+        #expect(again.ino == project.ino)
+        namespace.forget(project.ino, count: 2)
+        #expect(throws: NamespaceError.notFound) { try namespace.attributes(project.ino) }
+    }
+
+    @Test func filesAreNotDirectories() throws {
+        let (root, namespace) = makeTree()
+        defer { _ = system("rm -rf \(root)") }
+        var ino = Namespace.rootIno
+        for name in ["proj", "job", "checkpoint-1", "rank-0", "a.txt"] {
+            ino = try namespace.lookup(parent: ino, name: name).ino
+        }
+        #expect(try namespace.object(ino).size == 3)
+        #expect(throws: NamespaceError.notDirectory) { try namespace.entries(ino) }
+    }
+}

@@ -1,0 +1,70 @@
+import Glibc
+import Testing
+@testable import ObjectStore
+
+/// A scratch directory removed when the test ends.
+final class ScratchDirectory {
+    let path: String
+
+    init() {
+        var template = Array("/tmp/ckptfs-test-XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    }
+
+    deinit { _ = system("rm -rf '\(path)'") }
+
+    func write(_ relative: String, _ contents: String) {
+        let full = path + "/" + relative
+        _ = system("mkdir -p \"$(dirname '\(full)')\"")
+        let fd = open(full, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        _ = contents.withCString { Glibc.write(fd, $0, strlen($0)) }
+        close(fd)
+    }
+}
+
+@Suite struct LocalStoreTests {
+    @Test func listsOneLevelWithDelimiterAndEverythingWithout() throws {
+        let dir = ScratchDirectory()
+        dir.write("p/j/checkpoint-1/a.bin", "aaaa")
+        dir.write("p/j/b.txt", "b")
+        symlink("/etc/passwd", dir.path + "/p/j/escape")
+        let store = LocalStore(root: dir.path)
+        let level = try store.list(prefix: "p/j/", delimiter: "/", continuationToken: nil, maxKeys: nil)
+        #expect(level.objects.map(\.key) == ["p/j/b.txt"])
+        #expect(level.commonPrefixes == ["p/j/checkpoint-1/"])
+        let flat = try store.list(prefix: "p/", delimiter: nil, continuationToken: nil, maxKeys: nil)
+        #expect(flat.objects.map(\.key) == ["p/j/b.txt", "p/j/checkpoint-1/a.bin"])
+    }
+
+    @Test func paginatesWithMaxKeys() throws {
+        let dir = ScratchDirectory()
+        for name in ["a", "b", "c", "d", "e"] { dir.write("x/\(name)", name) }
+        let store = LocalStore(root: dir.path)
+        let all = try store.listAll(prefix: "x/", delimiter: "/")
+        #expect(all.objects.count == 5)
+        let first = try store.list(prefix: "x/", delimiter: "/", continuationToken: nil, maxKeys: 2)
+        #expect(first.objects.map(\.key) == ["x/a", "x/b"])
+        let second = try store.list(prefix: "x/", delimiter: "/", continuationToken: first.nextToken, maxKeys: 2)
+        #expect(second.objects.map(\.key) == ["x/c", "x/d"])
+    }
+
+    @Test func readsRangesAndDetectsChangedObjects() throws {
+        let dir = ScratchDirectory()
+        dir.write("f", "0123456789")
+        let store = LocalStore(root: dir.path)
+        let info = try store.head(key: "f")
+        var bytes: [UInt8] = []
+        try store.get(key: "f", range: 2..<6, etag: info.etag) { bytes += $0 }
+        #expect(String(decoding: bytes, as: UTF8.self) == "2345")
+        dir.write("f", "changed!!!!")
+        #expect(throws: StoreError.changed("f")) {
+            try store.get(key: "f", range: 0..<1, etag: info.etag) { _ in }
+        }
+    }
+
+    @Test func refusesKeysThatEscapeTheRoot() {
+        let store = LocalStore(root: "/tmp")
+        #expect(throws: StoreError.self) { try store.head(key: "../etc/passwd") }
+        #expect(throws: StoreError.self) { try store.head(key: "a//b") }
+    }
+}
