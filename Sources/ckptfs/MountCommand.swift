@@ -75,6 +75,14 @@ struct MountCommand: ParsableCommand {
     func run() throws {
         var ready = readyFD.map(ReadyChannel.init)
         do throws(CLIError) {
+            guard let level = Logger.Level(rawValue: logLevel) else {
+                throw CLIError("invalid --log-level \(logLevel): use trace, debug, info, warning or error")
+            }
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
             let plan = try MountPlan(command: self)
             if foreground {
                 try serve(plan, ready: &ready)

@@ -1,0 +1,59 @@
+"""Laziness and the persistent block cache, measured by counting requests on the server."""
+
+import os
+import uuid
+
+from support import BIG_FILE, sha256_file
+
+
+def walk_everything(root) -> int:
+    """List and stat every entry (and read every link) without reading file contents."""
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                os.readlink(path)
+            os.stat(path)
+            count += 1
+    return count
+
+
+def read_all(root, expected: dict[str, str]) -> dict[str, str]:
+    """sha256 of every expected file read through the mount."""
+    return {rel: sha256_file(root / rel) for rel in expected}
+
+
+def test_listing_and_stat_fetch_no_object_bytes(mounter, moto, dataset):
+    mark = moto.mark()
+    mnt = mounter.mount(f"s3://{dataset.bucket}").mountpoint
+    assert walk_everything(mnt) > len(dataset.sha256)
+    requests = moto.requests_since(mark)
+    assert [r.target for r in requests if r.is_object_get()] == []
+    assert any(r.is_listing() for r in requests)
+
+
+def test_remount_reads_cached_files_without_any_object_get(mounter, moto, dataset):
+    first = mounter.mount(f"s3://{dataset.bucket}")
+    mark = moto.mark()
+    assert read_all(first.mountpoint, dataset.sha256) == dataset.sha256
+    assert any(BIG_FILE in r.target for r in moto.object_gets_since(mark)), "first read sent no GET?"
+
+    second = mounter.remount(first)
+    mark = moto.mark()
+    assert read_all(second.mountpoint, dataset.sha256) == dataset.sha256
+    gets = moto.object_gets_since(mark)
+    assert gets == [], f"{len(gets)} object GETs after remount, e.g. {[r.target for r in gets[:5]]}"
+
+
+def test_changed_object_is_not_served_from_the_stale_cache(mounter, moto_client):
+    bucket = f"change-{uuid.uuid4().hex[:8]}"
+    key = "proj/job/checkpoint-1/rank-0/optimizer.pt"
+    moto_client.create_bucket(Bucket=bucket)
+    moto_client.put_object(Bucket=bucket, Key=key, Body=b"A" * 100_000)
+    first = mounter.mount(f"s3://{bucket}")
+    assert (first.mountpoint / key).read_bytes() == b"A" * 100_000
+
+    moto_client.put_object(Bucket=bucket, Key=key, Body=b"B" * 100_000)  # same size, new ETag
+    second = mounter.remount(first)
+    assert (second.mountpoint / key).read_bytes() == b"B" * 100_000
