@@ -26,13 +26,17 @@ public final class CachedObject: @unchecked Sendable {
     private var waitingReaders = 0
 
     /// A block being fetched: its temporary file, how many bytes have arrived, and the outcome.
-    /// `filled` and `error` are guarded by the object's monitor; `written` and `hasher` belong to the fetching thread.
+    /// `filled`, `wakeAt` and `error` are guarded by the object's monitor; `written` and `hasher` belong to
+    /// the fetching thread. Readers wait on `arrived`, which is signalled only once `filled` reaches the
+    /// smallest amount a waiter needs (`wakeAt`), so a stream of small chunks does not wake every reader.
     final class BlockFill: @unchecked Sendable {
         let index: Int
         let length: Int64
         let file: OpenFile
         let tempPath: String
         var filled: Int64 = 0
+        var wakeAt: Int64 = .max
+        let arrived = Condition()
         var error: StoreError?
         var written: Int64 = 0
         var hasher = XXH64()
@@ -93,7 +97,8 @@ public final class CachedObject: @unchecked Sendable {
             if let fill = fills[index] {
                 while fill.error == nil && fill.filled < bytes {
                     waitingReaders += 1
-                    monitor.wait()
+                    fill.wakeAt = min(fill.wakeAt, bytes)
+                    monitor.wait(fill.arrived)
                     waitingReaders -= 1
                 }
                 if let error = fill.error { throw error }
@@ -203,8 +208,13 @@ public final class CachedObject: @unchecked Sendable {
     }
 
     private func publish(_ fill: BlockFill) {
-        monitor.withLock { fill.filled = fill.written }
-        monitor.broadcast()
+        let wake = monitor.withLock {
+            fill.filled = fill.written
+            guard fill.filled >= fill.wakeAt else { return false }
+            fill.wakeAt = .max
+            return true
+        }
+        if wake { fill.arrived.broadcast() }
     }
 
     private func complete(_ fill: BlockFill) {
@@ -215,7 +225,7 @@ public final class CachedObject: @unchecked Sendable {
             files[fill.index] = fill.file
             fills.removeValue(forKey: fill.index)
         }
-        monitor.broadcast()
+        fill.arrived.broadcast()
     }
 
     private func fail(_ failed: [BlockFill], _ error: StoreError) {
@@ -225,7 +235,9 @@ public final class CachedObject: @unchecked Sendable {
                 fills.removeValue(forKey: fill.index)
             }
         }
-        for fill in failed { cache.discard(tempPath: fill.tempPath) }
-        monitor.broadcast()
+        for fill in failed {
+            cache.discard(tempPath: fill.tempPath)
+            fill.arrived.broadcast()
+        }
     }
 }

@@ -26,10 +26,28 @@ public final class Monitor: @unchecked Sendable {
     public func wait() { pthread_cond_wait(condition, mutex) }
     public func broadcast() { pthread_cond_broadcast(condition) }
 
+    /// Waits on `other` (a condition used with this monitor's mutex); call with the mutex held.
+    public func wait(_ other: Condition) { pthread_cond_wait(other.raw, mutex) }
+
     @inline(__always)
     public func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
         lock()
         defer { unlock() }
         return try body()
     }
+}
+
+/// An extra condition variable used with a `Monitor`'s mutex, so that a broadcast wakes only the threads
+/// waiting for one event (one block's bytes) instead of every waiter on the monitor.
+public final class Condition: @unchecked Sendable {
+    let raw = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    public init() { pthread_cond_init(raw, nil) }
+
+    deinit {
+        pthread_cond_destroy(raw)
+        raw.deallocate()
+    }
+
+    public func broadcast() { pthread_cond_broadcast(raw) }
 }

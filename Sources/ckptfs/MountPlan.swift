@@ -98,14 +98,33 @@ struct MountPlan {
         }
         close(pipeFDs[1]); close(log); close(null)
         defer { close(pipeFDs[0]) }
-        var message = [UInt8]()
-        var byte: UInt8 = 0
-        while read(pipeFDs[0], &byte, 1) == 1 && byte != UInt8(ascii: "\n") { message.append(byte) }
-        let answer = String(decoding: message, as: UTF8.self)
+        let answer = Self.readLine(pipeFDs[0], timeoutMs: 60_000)
         if answer == "ready" { return }
-        if answer.hasPrefix("error ") { throw CLIError(String(answer.dropFirst(6))) }
+        if let answer, answer.hasPrefix("error ") { throw CLIError(String(answer.dropFirst(6))) }
+        if answer == nil {
+            kill(spawned, SIGKILL)
+            _ = Subprocess.wait(spawned)
+            throw CLIError("the daemon did not mount within 60 s; see \(logFile)")
+        }
         let status = Subprocess.wait(spawned)
         throw CLIError("the daemon exited (status \(status)) before mounting; see \(logFile)")
+    }
+
+    /// Reads one line (without its newline) from `fd`; nil if nothing complete arrives in time.
+    /// End of file returns what was read so far.
+    private static func readLine(_ fd: Int32, timeoutMs: Int32) -> String? {
+        var message = [UInt8]()
+        var byte: UInt8 = 0
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while true {
+            let ready = poll(&poller, 1, timeoutMs)
+            if ready < 0 && errno == EINTR { continue }
+            guard ready > 0 else { return nil }
+            let count = read(fd, &byte, 1)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 || byte == UInt8(ascii: "\n") { return String(decoding: message, as: UTF8.self) }
+            message.append(byte)
+        }
     }
 
     private static func makeStore(

@@ -186,7 +186,6 @@ class MountAttempt:
     returncode: int
     stdout: str
     stderr: str
-    seconds: float
 
 
 @dataclass
@@ -211,31 +210,35 @@ class Mounter:
         path.mkdir(parents=True)
         return path
 
-    def attempt(self, remote: str, *, mountpoint: Path | None = None, cache_dir: Path | None = None,
-                args=(), env: dict[str, str] | None = None, timeout: float = CMD_TIMEOUT) -> MountAttempt:
-        """Run `ckptfs mount` once and report what happened, whatever it was."""
+    def command(self, remote: str, mountpoint: Path | None = None, cache_dir: Path | None = None,
+                args=()) -> tuple[list[str], Path, Path]:
+        """argv of `ckptfs mount` (fresh mount point and cache dir unless given), with the mount
+        point registered for cleanup before anything runs. Returns (argv, mountpoint, cache_dir)."""
         mountpoint = mountpoint or self.fresh_dir("mnt")
         cache_dir = cache_dir or self.fresh_dir("cache")
         argv = [self.binary, "mount", remote, mountpoint, "--cache-dir", cache_dir]
         if self.endpoint and remote.startswith("s3://"):
             argv += ["--endpoint", self.endpoint]
-        argv += list(args)
         self.used.append(mountpoint)
         LIVE_MOUNTPOINTS.add(mountpoint)
+        return [str(a) for a in argv + list(args)], mountpoint, cache_dir
+
+    def attempt(self, remote: str, *, mountpoint: Path | None = None, cache_dir: Path | None = None,
+                args=(), env: dict[str, str] | None = None, timeout: float = CMD_TIMEOUT) -> MountAttempt:
+        """Run `ckptfs mount` once and report what happened, whatever it was."""
+        argv, mountpoint, cache_dir = self.command(remote, mountpoint, cache_dir, args)
         outputs = self.fresh_dir("out")
         out, err = outputs / "stdout", outputs / "stderr"
-        start = time.monotonic()
         with open(out, "wb") as fo, open(err, "wb") as fe:
             try:
-                rc = subprocess.run([str(a) for a in argv], stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
+                rc = subprocess.run(argv, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
                                     env=env or self.env, timeout=timeout).returncode
             except subprocess.TimeoutExpired:
                 rc = None
-        seconds = time.monotonic() - start
         read = lambda p: p.read_bytes().decode("utf-8", "surrogateescape")  # noqa: E731
         if rc is None:
             raise AssertionError(f"`ckptfs mount` still running after {timeout} s; stderr: {read(err)!r}")
-        return MountAttempt(remote, tuple(args), mountpoint, cache_dir, rc, read(out), read(err), seconds)
+        return MountAttempt(remote, tuple(args), mountpoint, cache_dir, rc, read(out), read(err))
 
     def mount(self, remote: str, **kw) -> MountAttempt:
         """Mount and insist it worked: exit 0 and the mount is live when the command returns."""
@@ -273,6 +276,26 @@ class Mounter:
                 warnings.warn(f"ckptfs daemon(s) {stuck} for {mountpoint} still alive 10 s after unmount; killed")
             LIVE_MOUNTPOINTS.discard(mountpoint)
         self.used.clear()
+
+
+def one_line_error(attempt: MountAttempt) -> str:
+    """Assert the failure contract of `ckptfs mount` (exit != 0, exactly one `ckptfs: error:` line on
+    stderr) and return that line."""
+    lines = attempt.stderr.strip().splitlines()
+    assert attempt.returncode != 0, f"exit 0; stderr {attempt.stderr!r}"
+    assert len(lines) == 1 and lines[0].startswith("ckptfs: error: "), f"stderr: {attempt.stderr!r}"
+    return lines[0]
+
+
+def expect_mount_error(mounter: Mounter, remote: str, keywords: tuple[str, ...], **kw) -> MountAttempt:
+    """Run a mount that must be rejected within FAIL_TIMEOUT; check the one-line error names one of
+    `keywords` (case-insensitive) and that nothing is left mounted or running."""
+    attempt = mounter.attempt(remote, timeout=FAIL_TIMEOUT, **kw)
+    line = one_line_error(attempt)
+    assert any(k in line.lower() for k in keywords), f"{line!r} names none of {keywords}"
+    assert not is_mounted(attempt.mountpoint)
+    assert pids_with_argument(str(attempt.mountpoint)) == [], "a ckptfs process is still running"
+    return attempt
 
 
 def ckptfs_env(access_key: str, secret_key: str, **extra: str) -> dict[str, str]:
@@ -449,7 +472,6 @@ class Dataset:
     local_root: Path
     sha256: dict[str, str]  # visible path == key -> sha256 (every valid key)
     tensors: dict[str, dict[str, np.ndarray]]  # safetensors path -> tensors written to it
-    hidden_keys: list[str]  # uploaded, must never be visible
     dirs: set[str]  # every directory the mount must show (relative, no root)
     links: dict[str, str]  # synthetic `latest` symlink -> its expected target
 
@@ -555,7 +577,6 @@ def build_dataset(client, bucket: str, local_root: Path) -> Dataset:
 
     return Dataset(
         bucket=bucket, local_root=root, sha256={k: sha256_file(p) for k, p in files.items()}, tensors=tensors,
-        hidden_keys=INVALID_KEYS + [HIDDEN_BY_DIRECTORY],
         dirs={p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir()},
         links={"proj-a/latest": "job2/checkpoint-5", "proj-b/latest": "job-real-latest/checkpoint-3",
                "proj-a/job1/latest": "checkpoint-10", "proj-a/job2/latest": "checkpoint-5"})

@@ -1,0 +1,52 @@
+"""Bad input makes `ckptfs mount` fail fast with one line, a non-zero exit and nothing mounted."""
+
+import pytest
+
+from support import FAIL_TIMEOUT, expect_mount_error, free_port, mount_fstypes, one_line_error
+
+
+@pytest.mark.parametrize("remote,keywords", [
+    ("s3://no-such-bucket-ckptfs", ("does not exist",)),
+    ("s3://{bucket}/no-such-prefix", ("not found",)),
+    ("ftp://x", ("unsupported remote",)),
+], ids=["missing-bucket", "missing-prefix", "bad-scheme"])
+def test_bad_remote(mounter, dataset, remote, keywords):
+    expect_mount_error(mounter, remote.format(bucket=dataset.bucket), keywords)
+
+
+def test_unreachable_endpoint(mounter, dataset):
+    mounter.endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("cannot reach", "couldn't connect"))
+
+
+def test_mountpoint_that_does_not_exist(mounter, dataset, tmp_path):
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("does not exist",), mountpoint=tmp_path / "absent")
+
+
+def test_mountpoint_that_is_a_file(mounter, dataset, tmp_path):
+    (tmp_path / "file").write_text("x")
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("not a directory",), mountpoint=tmp_path / "file")
+
+
+def test_mountpoint_that_is_not_empty(mounter, dataset, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "something").write_text("x")
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("not empty",), mountpoint=tmp_path / "full")
+
+
+@pytest.mark.parametrize("flag", ["--cache-size", "--block-size"])
+def test_invalid_size(mounter, dataset, flag):
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("invalid size",), args=[flag, "12Q"])
+
+
+def test_cache_dir_that_is_a_file(mounter, dataset, tmp_path):
+    (tmp_path / "cachefile").write_text("x")
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("cache",), cache_dir=tmp_path / "cachefile")
+
+
+def test_mountpoint_already_mounted(mounter, dataset):
+    live = mounter.mount(f"s3://{dataset.bucket}").mountpoint
+    line = one_line_error(mounter.attempt(f"s3://{dataset.bucket}", mountpoint=live, timeout=FAIL_TIMEOUT))
+    assert "mounted" in line.lower() or "not empty" in line.lower(), line
+    assert len(mount_fstypes(live)) == 1, "a second mount was stacked on the first"
+    assert sorted(p.name for p in live.iterdir()) == ["proj-a", "proj-b"]

@@ -1,0 +1,96 @@
+"""Mount and unmount: detach only once live, clean shutdown, and no secret anywhere visible."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from support import (MOTO_SECRET_KEY, is_mounted, mount_fstypes, pids_whose_argv_contains, pids_with_argument,
+                     sha256_file, wait_until_gone)
+
+SMALL = "proj-a/job1/checkpoint-2/rank-1/model.safetensors"
+
+
+def daemons(mountpoint) -> list[int]:
+    """The ckptfs processes serving `mountpoint` (at least one must exist)."""
+    pids = pids_with_argument(str(mountpoint))
+    assert pids, f"no process has {mountpoint} in its argv"
+    return pids
+
+
+def test_mount_returns_once_live_and_unmount_removes_it(mounter, dataset):
+    mnt = mounter.mount(f"s3://{dataset.bucket}").mountpoint  # asserts it is mounted on return
+    assert mount_fstypes(mnt)[0].startswith("fuse")
+    assert sorted(os.listdir(mnt)) == ["proj-a", "proj-b"]
+    pids = daemons(mnt)
+
+    result = mounter.unmount(mnt)
+    assert result.returncode == 0, result.stderr
+    assert not is_mounted(mnt)
+    assert wait_until_gone(pids, timeout=10) == [], "daemon still running 10 s after unmount"
+    assert os.listdir(mnt) == []
+
+
+def test_mount_returns_even_when_its_output_is_a_pipe(mounter, dataset):
+    argv, mnt, _ = mounter.command(f"s3://{dataset.bucket}")
+    try:
+        result = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=mounter.env, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("`ckptfs mount` with piped stdout/stderr did not return in 30 s: "
+                    "the daemon keeps the caller's pipes open (breaks `$(ckptfs mount ...)`)")
+    assert result.returncode == 0, result.stderr
+    assert is_mounted(mnt)
+
+
+def test_secret_never_appears_in_output_log_or_argv(mounter, dataset, tmp_path):
+    log = tmp_path / "ckptfs.log"
+    attempt = mounter.mount(f"s3://{dataset.bucket}", args=["--log-level", "debug", "--log-file", log])
+    assert sha256_file(attempt.mountpoint / SMALL) == dataset.sha256[SMALL]
+    os.listdir(attempt.mountpoint / "proj-a/big-dir")
+    assert pids_whose_argv_contains(MOTO_SECRET_KEY) == []
+    assert mounter.unmount(attempt.mountpoint).returncode == 0
+
+    text = log.read_bytes()
+    assert text, "the debug log is empty, so this check proves nothing"
+    assert MOTO_SECRET_KEY.encode() not in text
+    assert MOTO_SECRET_KEY not in attempt.stdout + attempt.stderr
+
+
+def test_endpoint_from_the_environment(mounter, moto, dataset):
+    env = {**mounter.env, "AWS_ENDPOINT_URL": moto.endpoint}
+    mounter.endpoint = None  # no --endpoint flag
+    mnt = mounter.mount(f"s3://{dataset.bucket}", env=env).mountpoint
+    assert sha256_file(mnt / SMALL) == dataset.sha256[SMALL]
+
+
+def test_sigterm_unmounts_cleanly(mounter, dataset):
+    mnt = mounter.mount(f"s3://{dataset.bucket}").mountpoint
+    pids = daemons(mnt)
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    assert wait_until_gone(pids, timeout=10) == []
+    assert not is_mounted(mnt), "SIGTERM left the mount behind"
+
+
+def test_foreground_stays_attached_until_sigterm(mounter, dataset, tmp_path):
+    argv, mnt, _ = mounter.command(f"s3://{dataset.bucket}", args=["--foreground"])
+    with open(tmp_path / "foreground.log", "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=mounter.env)
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(mnt) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"--foreground exited with {proc.returncode}"
+        assert is_mounted(mnt), "not mounted 30 s after starting --foreground"
+        assert sha256_file(mnt / SMALL) == dataset.sha256[SMALL]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        assert not is_mounted(mnt), "SIGTERM left the mount behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
