@@ -97,14 +97,14 @@ def origin_mounter(ckptfs_bin, strict_origin, tmp_path):
     m.close()
 
 
-@pytest.fixture(autouse=True)
-def hang_watchdog(request):
-    """Kill our FUSE daemons 30 s before the test's timeout, so a call blocked in the kernel on a
-    stuck daemon returns (ENOTCONN) and teardown can run, instead of pytest-timeout finding the
-    test unkillable."""
-    marker = request.node.get_closest_marker("timeout")
-    timeout = float(marker.args[0] if marker else request.config.getini("timeout") or 300)
-    timer = threading.Timer(max(timeout - 30, timeout * 0.8), support.abort_all_mounts)
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item):
+    """Watchdog on the same clock as pytest-timeout (setup + call + teardown): shortly before the
+    timeout, kill our FUSE daemons, so a call blocked in the kernel on a stuck daemon returns
+    (ECONNABORTED/ENOTCONN) and teardown can run, instead of the test being unkillable."""
+    marker = item.get_closest_marker("timeout")
+    timeout = float(marker.args[0] if marker else item.config.getini("timeout") or 300)
+    timer = threading.Timer(max(timeout - 30, timeout * 0.75), support.abort_all_mounts)
     timer.daemon = True
     timer.start()
     yield

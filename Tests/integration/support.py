@@ -298,10 +298,10 @@ def expect_mount_error(mounter: Mounter, remote: str, keywords: tuple[str, ...],
     return attempt
 
 
-def ckptfs_env(access_key: str, secret_key: str, **extra: str) -> dict[str, str]:
+def ckptfs_env(access_key: str, secret_key: str) -> dict[str, str]:
     """The caller's environment with every AWS_* variable replaced by the given credentials."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key, AWS_REGION=REGION, **extra)
+    env.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key, AWS_REGION=REGION)
     return env
 
 
@@ -315,7 +315,7 @@ def s3_client(endpoint: str, access_key: str, secret_key: str):
                         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}))
 
 
-ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
+ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>.+) HTTP/\d(?:\.\d)?" (?P<status>\d{3}) ')
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -433,7 +433,7 @@ class S3Origin:
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
         port = free_port(consecutive=5)  # proxy + object, container, account, memcached
-        result = run([S3ORIGIN / "start", "--port", port, "--data-dir", data_dir], timeout=300,
+        result = run([S3ORIGIN / "start", "--port", port, "--data-dir", data_dir], timeout=240,
                      env={**os.environ, "S3ORIGIN_STRICT": "1"})
         if result.returncode != 0:
             self.stop()
