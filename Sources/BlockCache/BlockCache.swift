@@ -88,40 +88,47 @@ public final class BlockCache: Sendable {
         return file
     }
 
-    /// Creates the temporary file a block is fetched into.
-    public func createFill(_ key: BlockKey) throws(CacheError) -> (file: OpenFile, tempPath: String) {
+    /// Writes a completed block (its bytes at the start of `buffer`, which has room for the padding and
+    /// trailer) under a temporary name with `O_DIRECT` where the file system allows it (no page-cache copy),
+    /// renames it into place and indexes it, evicting old blocks if over capacity.
+    @discardableResult
+    public func store(_ key: BlockKey, buffer: BlockBuffer, length: Int, checksum: UInt64) -> Bool {
+        let trailer = BlockFile.Trailer(length: UInt64(length), checksum: checksum, objectTag: key.object.low)
+        let size = BlockFile.seal(buffer.pointer, trailer)
         let final = path(for: key)
         let temp = "\(final).\(getpid()).\(tempCounter.wrappingAdd(1, ordering: .relaxed).oldValue).tmp"
-        var fd = Glibc.open(temp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        var fd = Self.createTemp(temp)
         if fd < 0 && errno == ENOENT {
             mkdir(String(final[..<final.lastIndex(of: "/")!]), 0o700)
-            fd = Glibc.open(temp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            fd = Self.createTemp(temp)
         }
-        guard fd >= 0 else { throw CacheError(path: temp, errno: errno) }
-        return (OpenFile(fd: fd), temp)
-    }
-
-    /// Seals a filled block (trailer, rename) and adds it to the index, evicting old blocks if over capacity.
-    public func commit(_ key: BlockKey, file: OpenFile, tempPath: String, length: Int64, checksum: UInt64) {
-        let trailer = BlockFile.Trailer(length: UInt64(length), checksum: checksum, objectTag: key.object.low)
-        guard BlockFile.writeTrailer(trailer, fd: file.fd), rename(tempPath, path(for: key)) == 0 else {
-            logger.warning("could not store cache block", metadata: ["file": "\(tempPath)", "errno": "\(errno)"])
-            unlink(tempPath)
-            return
+        guard fd >= 0 else {
+            logger.warning("cannot create cache file", metadata: ["file": "\(temp)", "errno": "\(errno)"])
+            return false
         }
-        let size = length + Int64(BlockFile.trailerSize)
+        let written = writeFully(fd, UnsafeRawBufferPointer(start: buffer.pointer, count: size), at: 0)
+        close(fd)
+        guard written, rename(temp, final) == 0 else {
+            logger.warning("cannot write cache file", metadata: ["file": "\(temp)", "errno": "\(errno)"])
+            unlink(temp)
+            return false
+        }
         state.withLock { state in
             state.clock += 1
             if let old = state.entries[key] { state.total -= old.size }
-            state.entries[key] = Entry(size: size, lastUse: state.clock, verified: true)
-            state.total += size
+            state.entries[key] = Entry(size: Int64(size), lastUse: state.clock, verified: true)
+            state.total += Int64(size)
         }
         evictIfNeeded()
+        return true
     }
 
-    /// Deletes a temporary file of a fill that failed.
-    public func discard(tempPath: String) {
-        unlink(tempPath)
+    /// Opens a new temporary block file, bypassing the page cache where the file system supports it.
+    private static func createTemp(_ path: String) -> Int32 {
+        let flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC
+        let fd = Glibc.open(path, flags | directIO, 0o600)
+        if fd < 0 && errno == EINVAL { return Glibc.open(path, flags, 0o600) }
+        return fd
     }
 
     // MARK: Internals
@@ -212,6 +219,13 @@ public final class BlockCache: Sendable {
         guard access(path, R_OK | W_OK | X_OK) == 0 else { throw CacheError(path: path, errno: errno) }
     }
 }
+
+/// Linux's `O_DIRECT`, which Glibc's Swift overlay does not export (it needs `_GNU_SOURCE`).
+#if arch(arm64)
+private let directIO: Int32 = 0o200000
+#else
+private let directIO: Int32 = 0o40000
+#endif
 
 /// A cache directory problem, as one line.
 public struct CacheError: Error, CustomStringConvertible, Sendable {

@@ -1,9 +1,16 @@
 import Glibc
 
-/// On-disk layout of one cached block: the data at offset 0 (so reads are plain `pread`s), then a
-/// 32-byte trailer: magic `CKPTBLK1`, data length, XXH64 of the data, and the object ID's low half.
+/// On-disk layout of one cached block: the data at offset 0 (so reads are plain `pread`s), zero padding,
+/// and a 32-byte trailer ending the file at a multiple of 4 KiB (so the whole file is one `O_DIRECT`
+/// write): magic `CKPTBLK1`, data length, XXH64 of the data, and the object ID's low half.
 enum BlockFile {
     static let trailerSize = 32
+    static let alignment = 4096
+
+    /// Size of the file holding `length` data bytes.
+    static func fileSize(length: Int) -> Int {
+        (length + trailerSize + alignment - 1) / alignment * alignment
+    }
     static let magic: UInt64 = 0x314B_4C42_5450_4B43  // "CKPTBLK1" little-endian
 
     struct Trailer: Equatable {
@@ -12,11 +19,17 @@ enum BlockFile {
         var objectTag: UInt64
     }
 
-    static func writeTrailer(_ trailer: Trailer, fd: Int32) -> Bool {
-        var words: (UInt64, UInt64, UInt64, UInt64) = (
-            magic.littleEndian, trailer.length.littleEndian, trailer.checksum.littleEndian, trailer.objectTag.littleEndian
-        )
-        return withUnsafeBytes(of: &words) { writeFully(fd, $0, at: Int64(trailer.length)) }
+    /// Zeroes the padding after `length` data bytes in `buffer` and puts the trailer at the end of the
+    /// file image; returns the file size.
+    static func seal(_ buffer: UnsafeMutableRawPointer, _ trailer: Trailer) -> Int {
+        let length = Int(trailer.length)
+        let size = fileSize(length: length)
+        (buffer + length).initializeMemory(as: UInt8.self, repeating: 0, count: size - length)
+        let words: [UInt64] = [magic, trailer.length, trailer.checksum, trailer.objectTag]
+        for (position, word) in words.enumerated() {
+            (buffer + size - trailerSize + position * 8).storeBytes(of: word.littleEndian, as: UInt64.self)
+        }
+        return size
     }
 
     static func readTrailer(fd: Int32, fileSize: Int64) -> Trailer? {
@@ -27,7 +40,9 @@ enum BlockFile {
         let trailer = Trailer(
             length: UInt64(littleEndian: words.1), checksum: UInt64(littleEndian: words.2),
             objectTag: UInt64(littleEndian: words.3))
-        guard trailer.length == UInt64(fileSize) - UInt64(trailerSize) else { return nil }
+        guard trailer.length <= UInt64(fileSize) - UInt64(trailerSize),
+            Self.fileSize(length: Int(trailer.length)) == Int(fileSize)
+        else { return nil }
         return trailer
     }
 

@@ -6,8 +6,11 @@ import ObjectStore
 /// blocks with ranged GETs on the fetch pool (never on the caller's thread).
 ///
 /// Single-flight: a block is fetched by at most one GET at a time; every reader of a block in flight waits
-/// for the bytes it needs (not the whole block) and then reads them from the block's file, which the fetch
-/// writes as data arrives. A run of consecutive missing blocks is fetched with one GET.
+/// for the bytes it needs (not the whole block) and copies them from the block's memory buffer, which the
+/// GET fills as data arrives. A run of consecutive missing blocks is fetched with one GET. A completed
+/// block stays readable from memory until it is both stored on disk (by the cache writer, bypassing the
+/// page cache) and read to its end, so a sequential reader behind the GET never reads back from disk;
+/// at most `retainedBlocks` such blocks are kept per object.
 public final class CachedObject: @unchecked Sendable {
     public let key: String
     public let etag: String
@@ -16,7 +19,7 @@ public final class CachedObject: @unchecked Sendable {
     public let blockSize: Int64
     private let store: any ObjectStore
     private let cache: BlockCache
-    private let pool: WorkerPool
+    private let context: FetchContext
     private let logger = Logger(label: "ckptfs.fetch")
 
     // Guarded by `monitor`.
@@ -24,76 +27,103 @@ public final class CachedObject: @unchecked Sendable {
     private var files: [Int: OpenFile] = [:]
     private var fills: [Int: BlockFill] = [:]
     private var waitingReaders = 0
+    /// Stored blocks kept in memory because no reader has reached their end yet.
+    private var retained: [Int] = []
+    private static let retainedBlocks = 4
 
-    /// A block being fetched: its temporary file, how many bytes have arrived, and the outcome.
-    /// `filled`, `wakeAt` and `error` are guarded by the object's monitor; `written` and `hasher` belong to
-    /// the fetching thread. Readers wait on `arrived`, which is signalled only once `filled` reaches the
-    /// smallest amount a waiter needs (`wakeAt`), so a stream of small chunks does not wake every reader.
+    /// A block being fetched. `filled`, `wakeAt`, `buffer` and `error` are guarded by the object's monitor;
+    /// `hasher` belongs to the fetching thread. Readers wait on `arrived`, which is signalled only once
+    /// `filled` reaches the smallest amount a waiter needs (`wakeAt`), so a stream of small chunks does not
+    /// wake every reader. Bytes below `filled` never change, so readers copy them without the lock.
     final class BlockFill: @unchecked Sendable {
         let index: Int
         let length: Int64
-        let file: OpenFile
-        let tempPath: String
+        var buffer: BlockBuffer?
         var filled: Int64 = 0
         var wakeAt: Int64 = .max
         let arrived = Condition()
         var error: StoreError?
-        var written: Int64 = 0
+        var stored = false
+        var consumed = false
         var hasher = XXH64()
 
-        init(index: Int, length: Int64, file: OpenFile, tempPath: String) {
+        init(index: Int, length: Int64) {
             self.index = index
             self.length = length
-            self.file = file
-            self.tempPath = tempPath
         }
     }
 
-    public init(info: ObjectInfo, store: any ObjectStore, cache: BlockCache, pool: WorkerPool, blockSize: Int64) {
+    /// Where a reader finds a block's bytes.
+    private enum Source {
+        case file(OpenFile)
+        case memory(BlockFill, BlockBuffer)
+    }
+
+    init(info: ObjectInfo, store: any ObjectStore, cache: BlockCache, context: FetchContext, blockSize: Int64) {
         key = info.key
         etag = info.etag
         size = info.size
         self.blockSize = blockSize
         self.store = store
         self.cache = cache
-        self.pool = pool
+        self.context = context
         id = ObjectID(store: store.identity, key: info.key, etag: info.etag, blockSize: Int(blockSize))
     }
-
-    private var blockCount: Int { Int((size + blockSize - 1) / blockSize) }
 
     private func blockLength(_ index: Int) -> Int64 {
         min(blockSize, size - Int64(index) * blockSize)
     }
 
-    /// Reads up to `buffer.count` bytes at `offset` into `buffer`; returns the count (0 at end of file).
-    /// `prefetch` is how many bytes from `offset` should be fetched ahead (see `ReadAheadWindow`).
-    public func read(offset: Int64, into buffer: UnsafeMutableRawBufferPointer, prefetch: Int64) throws(StoreError) -> Int {
-        guard offset < size, buffer.count > 0 else { return 0 }
-        let end = min(size, offset + Int64(buffer.count))
+    /// Reads up to `count` bytes at `offset` and hands them to `deliver` (an empty buffer at end of file).
+    /// A read inside one block that is still in memory is delivered straight from the block's buffer;
+    /// anything else is assembled in `scratch` (at least `count` bytes). `prefetch` is how many bytes from
+    /// `offset` should be fetched ahead (see `ReadAheadWindow`).
+    public func read(
+        offset: Int64, count: Int, prefetch: Int64, scratch: UnsafeMutableRawPointer,
+        deliver: (UnsafeRawBufferPointer) -> Void
+    ) throws(StoreError) {
+        guard offset < size, count > 0 else {
+            deliver(UnsafeRawBufferPointer(start: scratch, count: 0))
+            return
+        }
+        let end = min(size, offset + Int64(count))
         startFetches(from: offset, through: min(size, offset + max(prefetch, end - offset)))
+        let singleBlock = offset / blockSize == (end - 1) / blockSize
         var position = offset
         while position < end {
             let index = Int(position / blockSize)
             let blockStart = Int64(index) * blockSize
             let segmentEnd = min(end, blockStart + blockSize)
-            let file = try waitForBlock(index, bytes: segmentEnd - blockStart)
-            let target = UnsafeMutableRawBufferPointer(
-                rebasing: buffer[Int(position - offset)..<Int(segmentEnd - offset)])
-            guard readFully(file.fd, target, at: position - blockStart) else {
-                throw .io(path: "cache block of \(key)", errno: errno == 0 ? EIO : errno)
+            let length = Int(segmentEnd - position)
+            switch try waitForBlock(index, bytes: segmentEnd - blockStart) {
+            case .memory(let fill, let block):
+                let bytes = UnsafeRawBufferPointer(start: block.pointer + Int(position - blockStart), count: length)
+                if singleBlock {
+                    deliver(bytes)
+                } else {
+                    (scratch + Int(position - offset)).copyMemory(from: bytes.baseAddress!, byteCount: length)
+                }
+                if segmentEnd == blockStart + fill.length { consumed(fill) }
+            case .file(let file):
+                let target = UnsafeMutableRawBufferPointer(start: scratch + Int(position - offset), count: length)
+                guard readFully(file.fd, target, at: position - blockStart) else {
+                    throw .io(path: "cache block of \(key)", errno: errno == 0 ? EIO : errno)
+                }
+                if singleBlock { deliver(UnsafeRawBufferPointer(target)) }
             }
             position = segmentEnd
         }
-        return Int(end - offset)
+        if !singleBlock {
+            deliver(UnsafeRawBufferPointer(start: scratch, count: Int(end - offset)))
+        }
     }
 
-    /// Returns the file holding block `index` once its first `bytes` bytes are present.
-    private func waitForBlock(_ index: Int, bytes: Int64) throws(StoreError) -> OpenFile {
+    /// Returns where block `index` can be read once its first `bytes` bytes are present.
+    private func waitForBlock(_ index: Int, bytes: Int64) throws(StoreError) -> Source {
         monitor.lock()
         defer { monitor.unlock() }
         while true {
-            if let file = files[index] { return file }
+            if let file = files[index] { return .file(file) }
             if let fill = fills[index] {
                 while fill.error == nil && fill.filled < bytes {
                     waitingReaders += 1
@@ -102,7 +132,8 @@ public final class CachedObject: @unchecked Sendable {
                     waitingReaders -= 1
                 }
                 if let error = fill.error { throw error }
-                return fill.file
+                if let buffer = fill.buffer { return .memory(fill, buffer) }
+                continue  // stored meanwhile: now in `files` or in the disk cache
             }
             // Not open here and not in flight: the disk cache may have it (checked without the lock,
             // since a first open verifies the block's checksum).
@@ -114,12 +145,12 @@ public final class CachedObject: @unchecked Sendable {
                 continue
             }
             if fills[index] == nil && files[index] == nil {
-                try startFetch(run: index..<(index + 1))
+                startFetch(run: index..<(index + 1))
             }
         }
     }
 
-    /// Readers blocked on a block in flight (observability for `status` and tests).
+    /// Readers blocked on a block in flight (observability for tests).
     public var waitingReaderCount: Int { monitor.withLock { waitingReaders } }
 
     /// Starts GETs for blocks between `offset` and `limit` that are neither cached nor in flight.
@@ -140,12 +171,12 @@ public final class CachedObject: @unchecked Sendable {
         var index = frontier
         while index <= last {
             if isPresentOrInFlight(index) {
-                if runStart < index { try? startFetch(run: runStart..<index) }
+                if runStart < index { startFetch(run: runStart..<index) }
                 runStart = index + 1
             }
             index += 1
         }
-        if runStart <= last { try? startFetch(run: runStart..<(last + 1)) }
+        if runStart <= last { startFetch(run: runStart..<(last + 1)) }
     }
 
     /// Call with the monitor held.
@@ -154,46 +185,50 @@ public final class CachedObject: @unchecked Sendable {
     }
 
     /// Registers fills for `run` and queues one GET covering them. Call with the monitor held.
-    private func startFetch(run: Range<Int>) throws(StoreError) {
-        var runFills: [BlockFill] = []
-        for index in run {
-            do {
-                let (file, temp) = try cache.createFill(BlockKey(object: id, index: index))
-                runFills.append(BlockFill(index: index, length: blockLength(index), file: file, tempPath: temp))
-            } catch {
-                logger.error("cannot create cache file", metadata: ["error": "\(error)"])
-                for fill in runFills { cache.discard(tempPath: fill.tempPath) }
-                throw .io(path: cache.directory, errno: EIO)
-            }
-        }
+    private func startFetch(run: Range<Int>) {
+        let runFills = run.map { BlockFill(index: $0, length: blockLength($0)) }
         for fill in runFills { fills[fill.index] = fill }
         let range = (Int64(run.lowerBound) * blockSize)..<min(size, Int64(run.upperBound) * blockSize)
         logger.debug("fetch", metadata: ["key": "\(key)", "offset": "\(range.lowerBound)", "length": "\(range.count)"])
-        pool.submit { [self, runFills] in fetch(range: range, fills: runFills) }
+        context.fetchers.submit { [self, runFills] in fetch(range: range, fills: runFills) }
     }
 
-    /// Runs on the fetch pool: streams the range into the fills' files, committing each block as it completes.
+    /// Runs on the fetch pool: streams the range into the fills' buffers, handing each completed block to
+    /// the cache writer.
     private func fetch(range: Range<Int64>, fills run: [BlockFill]) {
         var current = 0
+        var buffer: BlockBuffer?
+        var written: Int64 = 0
+        let started = monotonicSeconds()
+        defer {
+            let seconds = monotonicSeconds() - started
+            logger.debug("fetched", metadata: [
+                "key": "\(key)", "offset": "\(range.lowerBound)", "length": "\(range.count)",
+                "seconds": "\(seconds)", "MBps": "\(Int(Double(range.count) / seconds / 1e6))",
+            ])
+        }
         do throws(StoreError) {
             try store.get(key: key, range: range, etag: etag) { (chunk) throws(StoreError) in
                 var consumed = 0
-                while consumed < chunk.count {
-                    guard current < run.count else { return }
+                while consumed < chunk.count && current < run.count {
                     let fill = run[current]
-                    let take = Int(min(Int64(chunk.count - consumed), fill.length - fill.written))
-                    let piece = UnsafeRawBufferPointer(rebasing: chunk[consumed..<(consumed + take)])
-                    guard writeFully(fill.file.fd, piece, at: fill.written) else {
-                        throw .io(path: fill.tempPath, errno: errno)
+                    if buffer == nil {
+                        let fresh = context.buffers.take()
+                        monitor.withLock { fill.buffer = fresh }
+                        buffer = fresh
+                        written = 0
                     }
+                    let take = Int(min(Int64(chunk.count - consumed), fill.length - written))
+                    let piece = UnsafeRawBufferPointer(rebasing: chunk[consumed..<(consumed + take)])
+                    (buffer!.pointer + Int(written)).copyMemory(from: piece.baseAddress!, byteCount: take)
                     fill.hasher.update(piece)
-                    fill.written += Int64(take)
+                    written += Int64(take)
                     consumed += take
-                    if fill.written == fill.length {
-                        complete(fill)
+                    publish(fill, filled: written)
+                    if written == fill.length {
+                        complete(fill, buffer: buffer!)
+                        buffer = nil
                         current += 1
-                    } else {
-                        publish(fill)
                     }
                 }
             }
@@ -207,9 +242,9 @@ public final class CachedObject: @unchecked Sendable {
         }
     }
 
-    private func publish(_ fill: BlockFill) {
+    private func publish(_ fill: BlockFill, filled: Int64) {
         let wake = monitor.withLock {
-            fill.filled = fill.written
+            fill.filled = filled
             guard fill.filled >= fill.wakeAt else { return false }
             fill.wakeAt = .max
             return true
@@ -217,27 +252,70 @@ public final class CachedObject: @unchecked Sendable {
         if wake { fill.arrived.broadcast() }
     }
 
-    private func complete(_ fill: BlockFill) {
+    /// Queues a completed block for the disk; readers keep using its buffer meanwhile.
+    private func complete(_ fill: BlockFill, buffer: BlockBuffer) {
         let key = BlockKey(object: id, index: fill.index)
-        cache.commit(key, file: fill.file, tempPath: fill.tempPath, length: fill.length, checksum: fill.hasher.finalize())
-        monitor.withLock {
-            fill.filled = fill.length
-            files[fill.index] = fill.file
-            fills.removeValue(forKey: fill.index)
+        let checksum = fill.hasher.finalize()
+        context.writer.submit { [self] in
+            cache.store(key, buffer: buffer, length: Int(fill.length), checksum: checksum)
+            monitor.withLock {
+                fill.stored = true
+                if fill.consumed {
+                    drop(fill)
+                } else {
+                    retained.append(fill.index)
+                    while retained.count > Self.retainedBlocks, let oldest = fills[retained.removeFirst()] {
+                        drop(oldest)
+                    }
+                }
+            }
         }
-        fill.arrived.broadcast()
+    }
+
+    /// A reader got the last byte of `fill`: its memory is no longer needed once it is on disk.
+    private func consumed(_ fill: BlockFill) {
+        monitor.withLock {
+            fill.consumed = true
+            if fill.stored {
+                retained.removeAll { $0 == fill.index }
+                drop(fill)
+            }
+        }
+    }
+
+    /// Forgets a stored fill, so readers go to the disk cache. Call with the monitor held.
+    private func drop(_ fill: BlockFill) {
+        fill.buffer = nil
+        if fills[fill.index] === fill { fills.removeValue(forKey: fill.index) }
     }
 
     private func fail(_ failed: [BlockFill], _ error: StoreError) {
         monitor.withLock {
             for fill in failed {
                 fill.error = error
+                fill.buffer = nil
                 fills.removeValue(forKey: fill.index)
             }
         }
-        for fill in failed {
-            cache.discard(tempPath: fill.tempPath)
-            fill.arrived.broadcast()
-        }
+        for fill in failed { fill.arrived.broadcast() }
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
+/// What the objects of one mount share for fetching: the GET threads, the block buffers and the cache writer.
+final class FetchContext: Sendable {
+    let fetchers: WorkerPool
+    let buffers: BufferPool
+    let writer: BlockWriter
+
+    init(fetchThreads: Int, blockSize: Int) {
+        fetchers = WorkerPool(threads: fetchThreads)
+        buffers = BufferPool(blockSize: blockSize, retained: 2 * fetchThreads)
+        writer = BlockWriter(limit: 8, threads: 2)
     }
 }

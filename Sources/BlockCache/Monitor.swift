@@ -25,6 +25,8 @@ public final class Monitor: @unchecked Sendable {
     /// Waits for a broadcast; call with the mutex held.
     public func wait() { pthread_cond_wait(condition, mutex) }
     public func broadcast() { pthread_cond_broadcast(condition) }
+    /// Wakes one waiter.
+    public func signal() { pthread_cond_signal(condition) }
 
     /// Waits on `other` (a condition used with this monitor's mutex); call with the mutex held.
     public func wait(_ other: Condition) { pthread_cond_wait(other.raw, mutex) }

@@ -6,7 +6,7 @@ import Synchronization
 public final class ObjectRegistry: Sendable {
     private let store: any ObjectStore
     private let cache: BlockCache
-    private let pool: WorkerPool
+    private let context: FetchContext
     public let blockSize: Int64
     private let open = Mutex<[ObjectID: (object: CachedObject, handles: Int)]>([:])
 
@@ -14,7 +14,7 @@ public final class ObjectRegistry: Sendable {
         self.store = store
         self.cache = cache
         self.blockSize = blockSize
-        pool = WorkerPool(threads: fetchThreads, name: "fetch")
+        context = FetchContext(fetchThreads: fetchThreads, blockSize: Int(blockSize))
     }
 
     /// The shared reader for `info`; balance with `release`.
@@ -25,10 +25,15 @@ public final class ObjectRegistry: Sendable {
                 table[id] = (entry.object, entry.handles + 1)
                 return entry.object
             }
-            let object = CachedObject(info: info, store: store, cache: cache, pool: pool, blockSize: blockSize)
+            let object = CachedObject(info: info, store: store, cache: cache, context: context, blockSize: blockSize)
             table[id] = (object, 1)
             return object
         }
+    }
+
+    /// Waits until every fetched block has been written to the cache (at unmount, so a remount finds them).
+    public func flush() {
+        context.writer.drain()
     }
 
     public func release(_ object: CachedObject) {

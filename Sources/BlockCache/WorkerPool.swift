@@ -1,20 +1,12 @@
-import Glibc
-
 /// A fixed set of threads running submitted work in FIFO order. Fetches run here, never on FUSE workers.
 public final class WorkerPool: @unchecked Sendable {
     private let monitor = Monitor()
     private var queue: [@Sendable () -> Void] = []
     private var head = 0
 
-    public init(threads: Int, name: String) {
+    public init(threads: Int) {
         for _ in 0..<max(threads, 1) {
-            let box = Unmanaged.passRetained(self).toOpaque()
-            var thread = pthread_t()
-            pthread_create(&thread, nil, { raw in
-                let pool = Unmanaged<WorkerPool>.fromOpaque(raw!).takeRetainedValue()
-                pool.run()
-            }, box)
-            pthread_detach(thread)
+            ThreadLauncher.detach { [self] in run() }
         }
     }
 
@@ -22,7 +14,7 @@ public final class WorkerPool: @unchecked Sendable {
         monitor.withLock {
             queue.append(work)
         }
-        monitor.broadcast()
+        monitor.signal()
     }
 
     private func run() -> Never {

@@ -52,6 +52,11 @@ public final class FileSystem: Sendable {
         mountTime = Int64(time(nil))
     }
 
+    /// Waits until every fetched block is stored in the cache; called after unmount.
+    public func flush() {
+        registry.flush()
+    }
+
     func stat(_ attributes: Attributes) -> stat {
         var st = Glibc.stat()
         st.st_ino = UInt(attributes.ino)

@@ -106,9 +106,9 @@ func makeOperations() -> fuse_lowlevel_ops {
         let base = oversized ? UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096) : ThreadBuffer.current()
         defer { if oversized { base.deallocate() } }
         do throws(StoreError) {
-            let count = try handle.object.read(
-                offset: Int64(offset), into: UnsafeMutableRawBufferPointer(start: base, count: size), prefetch: prefetch)
-            fuse_reply_buf(req, base, count)
+            try handle.object.read(offset: Int64(offset), count: size, prefetch: prefetch, scratch: base) { bytes in
+                fuse_reply_buf(req, bytes.baseAddress, bytes.count)
+            }
         } catch {
             fs.logger.warning("read failed", metadata: ["key": "\(handle.object.key)", "error": "\(error)"])
             fuse_reply_err(req, FileSystem.errno(error))

@@ -111,6 +111,7 @@ struct MountCommand: ParsableCommand {
         ready?.send("ready")
         ready = nil
         let status = session.run(maxThreads: 16)
+        plan.fileSystem.flush()
         if let pidFile { unlink(pidFile) }
         Logger(label: "ckptfs").info("unmounted", metadata: ["status": "\(status)"])
     }

@@ -3,11 +3,13 @@ import Testing
 @testable import BlockCache
 
 @Suite struct BlockCacheTests {
+    private let pool = BufferPool(blockSize: 1 << 16, retained: 2)
+
     private func store(_ cache: BlockCache, _ key: BlockKey, _ bytes: [UInt8]) throws {
-        let (file, temp) = try cache.createFill(key)
-        bytes.withUnsafeBytes { _ = writeFully(file.fd, $0, at: 0) }
+        let buffer = pool.take()
+        bytes.withUnsafeBytes { buffer.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         let checksum = bytes.withUnsafeBytes { XXH64.hash($0) }
-        cache.commit(key, file: file, tempPath: temp, length: Int64(bytes.count), checksum: checksum)
+        #expect(cache.store(key, buffer: buffer, length: bytes.count, checksum: checksum))
     }
 
     private func read(_ file: OpenFile, count: Int) -> [UInt8] {
@@ -36,7 +38,7 @@ import Testing
     @Test func evictsLeastRecentlyUsedBlocksBeyondCapacity() throws {
         let scratch = Scratch()
         let block = 4096
-        let cache = try BlockCache(directory: scratch.path, capacity: Int64(4 * (block + 32)))
+        let cache = try BlockCache(directory: scratch.path, capacity: Int64(4 * BlockFile.fileSize(length: block)))
         let keys = (0..<4).map { BlockKey(object: object, index: $0) }
         for key in keys { try store(cache, key, pattern(block, seed: key.index)) }
         cache.touch(keys[0])  // 1 is now the least recently used
@@ -81,13 +83,16 @@ import Testing
     @Test func deletesLeftoverTemporaryFilesAtStart() throws {
         let scratch = Scratch()
         let key = BlockKey(object: object, index: 0)
-        var temp = ""
+        let temp: String
         do {
             let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
-            temp = try cache.createFill(key).tempPath
+            try store(cache, key, pattern(100))
+            temp = cache.path(for: key) + ".99.1.tmp"
         }
+        close(open(temp, O_CREAT | O_WRONLY, 0o600))
         #expect(access(temp, F_OK) == 0)
-        _ = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
         #expect(access(temp, F_OK) != 0)
+        #expect(reopened.contains(key))
     }
 }

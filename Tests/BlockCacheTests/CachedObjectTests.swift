@@ -7,14 +7,19 @@ import Testing
     private let blockSize: Int64 = 64 << 10
 
     private func makeObject(_ store: CountingStore, _ cache: BlockCache, key: String = "obj") throws -> CachedObject {
-        let registry = ObjectRegistry(store: store, cache: cache, fetchThreads: 4, blockSize: blockSize)
-        return registry.acquire(try store.head(key: key))
+        makeRegistry(store, cache).acquire(try store.head(key: key))
+    }
+
+    private func makeRegistry(_ store: CountingStore, _ cache: BlockCache) -> ObjectRegistry {
+        ObjectRegistry(store: store, cache: cache, fetchThreads: 4, blockSize: blockSize)
     }
 
     private func read(_ object: CachedObject, _ offset: Int64, _ count: Int, prefetch: Int64 = 0) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        let got = try bytes.withUnsafeMutableBytes { try object.read(offset: offset, into: $0, prefetch: prefetch) }
-        return Array(bytes[0..<got])
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 8)
+        defer { scratch.deallocate() }
+        var result: [UInt8] = []
+        try object.read(offset: offset, count: count, prefetch: prefetch, scratch: scratch) { result = Array($0) }
+        return result
     }
 
     @Test func readsExactBytesAcrossBlockBoundaries() throws {
@@ -64,7 +69,9 @@ import Testing
         let scratch = Scratch()
         let store = CountingStore(objects: ["obj": pattern(200_000)])
         let cache = try BlockCache(directory: scratch.path, capacity: 64 << 20)
-        _ = try read(try makeObject(store, cache), 0, 200_000, prefetch: 200_000)
+        let registry = makeRegistry(store, cache)
+        _ = try read(registry.acquire(try store.head(key: "obj")), 0, 200_000, prefetch: 200_000)
+        registry.flush()
         let gets = store.gets.load(ordering: .relaxed)
         let again = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
         #expect(try read(again, 0, 200_000) == pattern(200_000))
