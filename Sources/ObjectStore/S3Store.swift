@@ -194,7 +194,7 @@ public final class S3Store: ObjectStore {
         return headers + extra
     }
 
-    private func url(forKey key: String) -> String {
+    func url(forKey key: String) -> String {
         "\(baseURL)/\(S3Encoding.percentEncode(key, keepSlash: true))"
     }
 

@@ -37,7 +37,7 @@ struct MountCommand: ParsableCommand {
     var cacheSize: String = "20G"
 
     @Option(help: "Cache block size: a power of two from 1M to 64M.")
-    var blockSize: String = "8M"
+    var blockSize: String = "4M"
 
     @Option(help: "Seconds a directory listing (and the kernel's entry and attribute caches) stays valid.")
     var metadataTTL: Double = 60

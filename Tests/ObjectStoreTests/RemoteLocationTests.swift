@@ -33,6 +33,15 @@ import Testing
         }
     }
 
+    @Test func addressesCustomEndpointsPathStyleAndAWSVirtualHosted() throws {
+        let custom = try S3Store(.init(bucket: "ckpt", endpoint: "http://127.0.0.1:9000/", region: "us-east-1", credentials: nil))
+        #expect(custom.url(forKey: "p/a b+c.bin") == "http://127.0.0.1:9000/ckpt/p/a%20b%2Bc.bin")
+        let aws = try S3Store(.init(bucket: "ckpt", endpoint: nil, region: "eu-west-1", credentials: nil))
+        #expect(aws.url(forKey: "k") == "https://ckpt.s3.eu-west-1.amazonaws.com/k")
+        let dotted = try S3Store(.init(bucket: "my.ckpt", endpoint: nil, region: "eu-west-1", credentials: nil))
+        #expect(dotted.url(forKey: "k") == "https://s3.eu-west-1.amazonaws.com/my.ckpt/k")
+    }
+
     @Test func retryDelaysStayWithinTheCap() {
         let policy = RetryPolicy(maxAttempts: 5, baseDelayMs: 100, maxDelayMs: 1000)
         for retry in 0..<10 {
