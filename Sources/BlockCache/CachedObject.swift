@@ -27,6 +27,9 @@ public final class CachedObject: @unchecked Sendable {
     private var files: [Int: OpenFile] = [:]
     private var fills: [Int: BlockFill] = [:]
     private var waitingReaders = 0
+    /// Blocks known to be in the disk cache: lets read-ahead decisions skip the cache's index (a hint;
+    /// an evicted block is found missing, and fetched, when read).
+    private var stored: [Bool]
     /// Stored blocks kept in memory because no reader has reached their end yet.
     private var retained: [Int] = []
     private static let retainedBlocks = 4
@@ -68,6 +71,7 @@ public final class CachedObject: @unchecked Sendable {
         self.cache = cache
         self.context = context
         id = ObjectID(store: store.identity, key: info.key, etag: info.etag, blockSize: Int(blockSize))
+        stored = Array(repeating: false, count: Int((info.size + blockSize - 1) / blockSize))
     }
 
     private func blockLength(_ index: Int) -> Int64 {
@@ -181,7 +185,9 @@ public final class CachedObject: @unchecked Sendable {
 
     /// Call with the monitor held.
     private func isPresentOrInFlight(_ index: Int) -> Bool {
-        files[index] != nil || fills[index] != nil || cache.contains(BlockKey(object: id, index: index))
+        if stored[index] || files[index] != nil || fills[index] != nil { return true }
+        stored[index] = cache.contains(BlockKey(object: id, index: index))
+        return stored[index]
     }
 
     /// Registers fills for `run` and queues one GET covering them. Call with the monitor held.
@@ -260,6 +266,7 @@ public final class CachedObject: @unchecked Sendable {
             cache.store(key, buffer: buffer, length: Int(fill.length), checksum: checksum)
             monitor.withLock {
                 fill.stored = true
+                stored[fill.index] = true
                 if fill.consumed {
                     drop(fill)
                 } else {
