@@ -41,9 +41,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "ObjectStoreTests", dependencies: ["ObjectStore"]),
-        .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache", "ObjectStore"]),
-        .testTarget(name: "NamespaceTests", dependencies: ["Namespace", "ObjectStore"]),
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "ObjectStoreTests", dependencies: ["ObjectStore", "TestSupport"]),
+        .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache", "ObjectStore", "TestSupport"]),
+        .testTarget(name: "NamespaceTests", dependencies: ["Namespace", "ObjectStore", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

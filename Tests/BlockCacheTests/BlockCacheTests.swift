@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import TestSupport
 @testable import BlockCache
 
 @Suite struct BlockCacheTests {
@@ -21,7 +22,7 @@ import Testing
     private let object = ObjectID(store: "s", key: "k", etag: "e", blockSize: 4096)
 
     @Test func createsItsDirectoryPrivate() throws {
-        let scratch = Scratch()
+        let scratch = ScratchDirectory()
         let cache = try BlockCache(directory: scratch.path + "/cache", capacity: 1 << 20)
         var info = stat()
         stat(cache.directory, &info)
@@ -29,14 +30,14 @@ import Testing
     }
 
     @Test func rejectsADirectoryThatIsAFile() throws {
-        let scratch = Scratch()
+        let scratch = ScratchDirectory()
         let fd = open(scratch.path + "/file", O_CREAT | O_WRONLY, 0o600)
         close(fd)
         #expect(throws: CacheError.self) { try BlockCache(directory: scratch.path + "/file", capacity: 1 << 20) }
     }
 
     @Test func evictsLeastRecentlyUsedBlocksBeyondCapacity() throws {
-        let scratch = Scratch()
+        let scratch = ScratchDirectory()
         let block = 4096
         let cache = try BlockCache(directory: scratch.path, capacity: Int64(4 * BlockFile.fileSize(length: block)))
         let keys = (0..<4).map { BlockKey(object: object, index: $0) }
@@ -50,7 +51,7 @@ import Testing
     }
 
     @Test func survivesARestart() throws {
-        let scratch = Scratch()
+        let scratch = ScratchDirectory()
         let key = BlockKey(object: object, index: 7)
         do {
             let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
@@ -62,7 +63,7 @@ import Testing
     }
 
     @Test func dropsACorruptBlockInsteadOfServingIt() throws {
-        let scratch = Scratch()
+        let scratch = ScratchDirectory()
         let key = BlockKey(object: object, index: 0)
         var path = ""
         do {
@@ -81,7 +82,7 @@ import Testing
     }
 
     @Test func deletesLeftoverTemporaryFilesAtStart() throws {
-        let scratch = Scratch()
+        let scratch = ScratchDirectory()
         let key = BlockKey(object: object, index: 0)
         let temp: String
         do {

@@ -1,6 +1,7 @@
 import Glibc
 import ObjectStore
 import Testing
+import TestSupport
 @testable import BlockCache
 
 @Suite struct CachedObjectTests {
@@ -23,7 +24,7 @@ import Testing
     }
 
     @Test func readsExactBytesAcrossBlockBoundaries() throws {
-        let scratch = Scratch()
+        let scratch = ScratchDirectory()
         let data = pattern(300_000)
         let store = CountingStore(objects: ["obj": data])
         let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
@@ -33,7 +34,7 @@ import Testing
     }
 
     @Test func concurrentReadersOfOneBlockCauseOneGet() throws {
-        let scratch = Scratch()
+        let scratch = ScratchDirectory()
         let data = pattern(Int(blockSize))
         let store = CountingStore(objects: ["obj": data])
         let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
@@ -66,7 +67,7 @@ import Testing
     }
 
     @Test func secondReadIsServedFromTheCache() throws {
-        let scratch = Scratch()
+        let scratch = ScratchDirectory()
         let store = CountingStore(objects: ["obj": pattern(200_000)])
         let cache = try BlockCache(directory: scratch.path, capacity: 64 << 20)
         let registry = makeRegistry(store, cache)
@@ -79,7 +80,7 @@ import Testing
     }
 
     @Test func sequentialWindowFetchesARunWithOneGet() throws {
-        let scratch = Scratch()
+        let scratch = ScratchDirectory()
         let store = CountingStore(objects: ["obj": pattern(Int(blockSize) * 6)])
         let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
         _ = try read(object, 0, 4096, prefetch: blockSize * 6)
@@ -88,7 +89,7 @@ import Testing
     }
 
     @Test func failedFetchIsReportedAndRetriedOnTheNextRead() throws {
-        let scratch = Scratch()
+        let scratch = ScratchDirectory()
         let store = CountingStore(objects: ["obj": pattern(1000)])
         let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
         store.failNext(1)

@@ -3,18 +3,6 @@ import ObjectStore
 import Synchronization
 @testable import BlockCache
 
-/// A scratch directory removed when the test ends.
-final class Scratch {
-    let path: String
-
-    init() {
-        var template = Array("/tmp/ckptfs-test-XXXXXX".utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    }
-
-    deinit { _ = system("rm -rf '\(path)'") }
-}
-
 /// An in-memory store that counts GETs and can hold them until released, to test single-flight.
 final class CountingStore: ObjectStore {
     let identity = "memory:test"

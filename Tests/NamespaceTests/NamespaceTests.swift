@@ -1,20 +1,20 @@
 import Glibc
 import ObjectStore
 import Testing
+import TestSupport
 @testable import Namespace
 
 @Suite struct NamespaceTests {
-    private func makeTree() -> (String, Namespace) {
-        var template = Array("/tmp/ckptfs-ns-XXXXXX".utf8CString)
-        let root = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-        _ = system("mkdir -p \(root)/proj/job/checkpoint-1/rank-0 && echo hi > \(root)/proj/job/checkpoint-1/rank-0/a.txt")
-        let namespace = Namespace(store: LocalStore(root: root), configuration: .init(rootPrefix: "", metadataTTL: 60))
+    private func makeTree() -> (ScratchDirectory, Namespace) {
+        let root = ScratchDirectory()
+        root.write("proj/job/checkpoint-1/rank-0/a.txt", "hi\n")
+        let namespace = Namespace(store: LocalStore(root: root.path), configuration: .init(rootPrefix: "", metadataTTL: 60))
         return (root, namespace)
     }
 
     @Test func lookupWalksTheTreeAndCountsReferences() throws {
-        let (root, namespace) = makeTree()
-        defer { _ = system("rm -rf \(root)") }
+        let (tree, namespace) = makeTree()
+        defer { withExtendedLifetime(tree) {} }
         let project = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
         let job = try namespace.lookup(parent: project.ino, name: "job")
         #expect(try namespace.entries(job.ino).map(\.name) == ["checkpoint-1", "latest"])
@@ -30,8 +30,8 @@ import Testing
     }
 
     @Test func filesAreNotDirectories() throws {
-        let (root, namespace) = makeTree()
-        defer { _ = system("rm -rf \(root)") }
+        let (tree, namespace) = makeTree()
+        defer { withExtendedLifetime(tree) {} }
         var ino = Namespace.rootIno
         for name in ["proj", "job", "checkpoint-1", "rank-0", "a.txt"] {
             ino = try namespace.lookup(parent: ino, name: name).ino

@@ -1,26 +1,7 @@
 import Glibc
 import Testing
+import TestSupport
 @testable import ObjectStore
-
-/// A scratch directory removed when the test ends.
-final class ScratchDirectory {
-    let path: String
-
-    init() {
-        var template = Array("/tmp/ckptfs-test-XXXXXX".utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    }
-
-    deinit { _ = system("rm -rf '\(path)'") }
-
-    func write(_ relative: String, _ contents: String) {
-        let full = path + "/" + relative
-        _ = system("mkdir -p \"$(dirname '\(full)')\"")
-        let fd = open(full, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        _ = contents.withCString { Glibc.write(fd, $0, strlen($0)) }
-        close(fd)
-    }
-}
 
 @Suite struct LocalStoreTests {
     @Test func listsOneLevelWithDelimiterAndEverythingWithout() throws {
