@@ -10,13 +10,17 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .target(
             name: "ObjectStore",
-            dependencies: ["CCurl", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "CCurl", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
         ),
         .target(
             name: "BlockCache",
@@ -27,16 +31,20 @@ let package = Package(
             dependencies: ["ObjectStore", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
+            name: "Overlay",
+            dependencies: ["ObjectStore", "BlockCache", "Namespace", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
             name: "CkptFS",
             dependencies: [
-                "CFuse", "ObjectStore", "BlockCache", "Namespace",
+                "CFuse", "ObjectStore", "BlockCache", "Namespace", "Overlay",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
             name: "ckptfs",
             dependencies: [
-                "CkptFS", "ObjectStore", "BlockCache", "Namespace",
+                "CkptFS", "ObjectStore", "BlockCache", "Namespace", "Overlay",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -90,6 +90,6 @@ func readFully(_ fd: Int32, _ bytes: UnsafeMutableRawBufferPointer, at offset: I
 /// while it is renamed, committed or evicted.
 public final class OpenFile: Sendable {
     public let fd: Int32
-    init(fd: Int32) { self.fd = fd }
+    public init(fd: Int32) { self.fd = fd }
     deinit { close(fd) }
 }

@@ -25,6 +25,12 @@ public final class Monitor: @unchecked Sendable {
     /// Waits for a broadcast; call with the mutex held.
     public func wait() { pthread_cond_wait(condition, mutex) }
     public func broadcast() { pthread_cond_broadcast(condition) }
+    /// Waits for a broadcast until the `CLOCK_REALTIME` deadline; false on timeout. Call with the mutex held.
+    public func wait(until deadline: timespec) -> Bool {
+        var deadline = deadline
+        return pthread_cond_timedwait(condition, mutex, &deadline) != ETIMEDOUT
+    }
+
     /// Wakes one waiter.
     public func signal() { pthread_cond_signal(condition) }
 

@@ -1,13 +1,13 @@
 import Glibc
 
 /// Starts detached pthreads running a closure (fetch and cache-writer threads live as long as the daemon).
-enum ThreadLauncher {
+public enum ThreadLauncher {
     private final class Box {
         let body: () -> Void
         init(_ body: @escaping () -> Void) { self.body = body }
     }
 
-    static func detach(_ body: @escaping () -> Void) {
+    public static func detach(_ body: @escaping () -> Void) {
         var thread = pthread_t()
         let box = Unmanaged.passRetained(Box(body)).toOpaque()
         pthread_create(&thread, nil, { raw in

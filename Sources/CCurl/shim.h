@@ -22,6 +22,9 @@ static inline CURLcode ckptfs_curl_setopt_write_callback(CURL *h, CURLoption o, 
 static inline CURLcode ckptfs_curl_setopt_read_callback(CURL *h, CURLoption o, curl_read_callback v) {
     return curl_easy_setopt(h, o, v);
 }
+static inline CURLcode ckptfs_curl_setopt_seek_callback(CURL *h, CURLoption o, curl_seek_callback v) {
+    return curl_easy_setopt(h, o, v);
+}
 static inline CURLcode ckptfs_curl_getinfo_long(CURL *h, CURLINFO i, long *v) {
     return curl_easy_getinfo(h, i, v);
 }

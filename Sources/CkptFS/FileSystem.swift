@@ -2,6 +2,7 @@ import BlockCache
 import Glibc
 import Logging
 import Namespace
+import Overlay
 import ObjectStore
 import Synchronization
 
@@ -20,6 +21,10 @@ public final class FileSystem: Sendable {
         public var ioSize: Int
         public var initialReadAhead: Int64
         public var maximumReadAhead: Int64
+        /// Objects that were in the bucket before may be rewritten or truncated.
+        public var allowOverwrite = false
+        /// Objects that were in the bucket before may be deleted or renamed.
+        public var allowDelete = false
 
         public init(
             uid: UInt32, gid: UInt32, metadataTTL: Double, negativeTTL: Double, ioSize: Int,
@@ -38,13 +43,16 @@ public final class FileSystem: Sendable {
     let namespace: Namespace
     let registry: ObjectRegistry
     let cache: BlockCache
+    /// The writable overlay; nil on a read-only mount.
+    public let overlay: Overlay?
     let settings: Settings
     let mountTime: Int64
     /// ETag each file had when last opened: the kernel page cache is kept across opens only while it matches.
     let openedETags = Mutex<[UInt64: String]>([:])
     let logger = Logger(label: "ckptfs.fuse")
 
-    public init(namespace: Namespace, registry: ObjectRegistry, cache: BlockCache, settings: Settings) {
+    public init(namespace: Namespace, registry: ObjectRegistry, cache: BlockCache, overlay: Overlay?, settings: Settings) {
+        self.overlay = overlay
         self.namespace = namespace
         self.registry = registry
         self.cache = cache
@@ -69,12 +77,17 @@ public final class FileSystem: Sendable {
         st.st_atim = st.st_mtim
         st.st_size = Int(attributes.size)
         st.st_blocks = (st.st_size + 511) / 512
+        let writable = overlay != nil
         switch attributes.kind {
         case .directory:
-            st.st_mode = Glibc.S_IFDIR | 0o555
+            st.st_mode = Glibc.S_IFDIR | (writable ? 0o755 : 0o555)
             st.st_nlink = 2
-        case .file:
-            st.st_mode = Glibc.S_IFREG | 0o444
+        case .file(let info):
+            let mine = writable && (settings.allowOverwrite || overlay?.wrote(info.key) == true)
+            st.st_mode = Glibc.S_IFREG | (mine ? 0o644 : 0o444)
+            st.st_nlink = 1
+        case .staged:
+            st.st_mode = Glibc.S_IFREG | 0o644
             st.st_nlink = 1
         case .symlink:
             st.st_mode = Glibc.S_IFLNK | 0o777
@@ -92,6 +105,12 @@ public final class FileSystem: Sendable {
         case .notSymlink: return EINVAL
         case .store(let error): return errno(error)
         }
+    }
+
+    /// Kernel cache time for attributes: none for staged files, whose size changes as they are written.
+    func attributeTimeout(_ kind: EntryKind) -> Double {
+        if case .staged = kind { return 0 }
+        return settings.metadataTTL
     }
 
     static func errno(_ error: StoreError) -> Int32 {

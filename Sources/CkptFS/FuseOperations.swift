@@ -7,8 +7,8 @@ import ObjectStore
 /// Builds libfuse's low-level operations table. Each callback recovers the `FileSystem` from the request's
 /// userdata, does its work on the calling worker thread, and replies exactly once.
 ///
-/// Writes are refused by the kernel (the mount is `ro`); `open` also refuses write modes with EROFS.
-func makeOperations() -> fuse_lowlevel_ops {
+/// On a read-only mount the write operations are left out: the kernel refuses them (the mount is `ro`).
+func makeOperations(writable: Bool) -> fuse_lowlevel_ops {
     var ops = fuse_lowlevel_ops()
 
     ops.`init` = { userdata, conn in
@@ -54,8 +54,9 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.getattr = { req, ino, _ in
         let fs = FileSystem.from(req)
         do throws(NamespaceError) {
-            var st = fs.stat(try fs.namespace.attributes(ino))
-            fuse_reply_attr(req, &st, fs.settings.metadataTTL)
+            let attributes = try fs.namespace.attributes(ino)
+            var st = fs.stat(attributes)
+            fuse_reply_attr(req, &st, fs.attributeTimeout(attributes.kind))
         } catch {
             fuse_reply_err(req, FileSystem.errno(error))
         }
@@ -71,56 +72,22 @@ func makeOperations() -> fuse_lowlevel_ops {
         }
     }
 
-    ops.open = { req, ino, fi in
-        let fs = FileSystem.from(req)
-        guard let fi else { return }
-        let flags = fi.pointee.flags
-        if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 {
-            fuse_reply_err(req, EROFS)
-            return
-        }
-        do throws(NamespaceError) {
-            let info = try fs.namespace.object(ino)
-            let object = fs.registry.acquire(info)
-            let window = ReadAheadWindow(
-                initial: fs.settings.initialReadAhead, maximum: fs.settings.maximumReadAhead)
-            let handle = FileHandle(object: object, window: window)
-            fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
-            let previous = fs.openedETags.withLock { $0.updateValue(info.etag, forKey: ino) }
-            fi.pointee.keep_cache = previous == info.etag ? 1 : 0
-            if fuse_reply_open(req, fi) != 0 {
-                fs.registry.release(object)
-                Unmanaged<FileHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh))!).release()
-            }
-        } catch {
-            fuse_reply_err(req, FileSystem.errno(error))
-        }
-    }
+    ops.open = { req, ino, fi in FileSystem.from(req).open(req, ino, fi!) }
+    ops.read = { req, _, size, offset, fi in FileSystem.from(req).read(req, size, Int64(offset), fi!) }
+    ops.release = { req, _, fi in FileSystem.from(req).release(req, fi!) }
 
-    ops.read = { req, _, size, offset, fi in
-        let fs = FileSystem.from(req)
-        let handle = Unmanaged<FileHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!)
-            .takeUnretainedValue()
-        let prefetch = handle.window.withLock { $0.record(offset: Int64(offset), length: Int64(size)) }
-        let oversized = size > ThreadBuffer.capacity
-        let base = oversized ? UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096) : ThreadBuffer.current()
-        defer { if oversized { base.deallocate() } }
-        do throws(StoreError) {
-            try handle.object.read(offset: Int64(offset), count: size, prefetch: prefetch, scratch: base) { bytes in
-                fuse_reply_buf(req, bytes.baseAddress, bytes.count)
-            }
-        } catch {
-            fs.logger.warning("read failed", metadata: ["key": "\(handle.object.key)", "error": "\(error)"])
-            fuse_reply_err(req, FileSystem.errno(error))
+    if writable {
+        ops.create = { req, parent, name, mode, fi in FileSystem.from(req).create(req, parent, String(cString: name!), fi!) }
+        ops.write = { req, _, buffer, size, offset, fi in FileSystem.from(req).write(req, buffer!, size, Int64(offset), fi!) }
+        ops.setattr = { req, ino, attr, valid, fi in FileSystem.from(req).setattr(req, ino, attr!.pointee, valid, fi) }
+        ops.fsync = { req, _, _, fi in FileSystem.from(req).fsync(req, fi!) }
+        ops.flush = { req, _, fi in FileSystem.from(req).flush(req, fi!) }
+        ops.mkdir = { req, parent, name, _ in FileSystem.from(req).mkdir(req, parent, String(cString: name!)) }
+        ops.unlink = { req, parent, name in FileSystem.from(req).unlink(req, parent, String(cString: name!)) }
+        ops.rmdir = { req, parent, name in FileSystem.from(req).rmdir(req, parent, String(cString: name!)) }
+        ops.rename = { req, parent, name, newParent, newName, flags in
+            FileSystem.from(req).rename(req, parent, String(cString: name!), newParent, String(cString: newName!), flags)
         }
-    }
-
-    ops.release = { req, _, fi in
-        let fs = FileSystem.from(req)
-        let handle = Unmanaged<FileHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!)
-        fs.registry.release(handle.takeUnretainedValue().object)
-        handle.release()
-        fuse_reply_err(req, 0)
     }
 
     ops.opendir = { req, ino, fi in
@@ -177,7 +144,7 @@ extension FileSystem {
         var entry = fuse_entry_param()
         entry.ino = attributes.ino
         entry.attr = stat(attributes)
-        entry.attr_timeout = settings.metadataTTL
+        entry.attr_timeout = attributeTimeout(attributes.kind)
         entry.entry_timeout = settings.metadataTTL
         return entry
     }
@@ -227,7 +194,7 @@ extension FileSystem {
                     st.st_mode = {
                         switch entry.kind {
                         case .directory: return Glibc.S_IFDIR
-                        case .file: return Glibc.S_IFREG
+                        case .file, .staged: return Glibc.S_IFREG
                         case .symlink: return Glibc.S_IFLNK
                         }
                     }()

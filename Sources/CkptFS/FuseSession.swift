@@ -18,7 +18,7 @@ public final class FuseSession {
         let arguments = ["ckptfs", "-o", options.joined(separator: ",")]
         var cStrings = arguments.map { strdup($0) }
         defer { cStrings.forEach { free($0) } }
-        var ops = makeOperations()
+        var ops = makeOperations(writable: fileSystem.overlay != nil)
         let created = cStrings.withUnsafeMutableBufferPointer { argv -> OpaquePointer? in
             var args = fuse_args(argc: Int32(argv.count), argv: argv.baseAddress, allocated: 0)
             defer { fuse_opt_free_args(&args) }

@@ -1,8 +1,21 @@
 import BlockCache
 import Namespace
+import Overlay
 import Synchronization
 
-/// State of one open file: the shared object reader and this handle's read-ahead window.
+/// What `fuse_file_info.fh` points to: a remote object being read, or a staged file.
+final class Handle: Sendable {
+    enum Content: Sendable {
+        case remote(FileHandle)
+        case staged(StagedHandle)
+    }
+
+    let content: Content
+
+    init(_ content: Content) { self.content = content }
+}
+
+/// State of one open remote file: the shared object reader and this handle's read-ahead window.
 final class FileHandle: Sendable {
     let object: CachedObject
     let window: Mutex<ReadAheadWindow>
@@ -10,6 +23,17 @@ final class FileHandle: Sendable {
     init(object: CachedObject, window: ReadAheadWindow) {
         self.object = object
         self.window = Mutex(window)
+    }
+}
+
+/// One open staged file (read-your-writes, or being written).
+final class StagedHandle: Sendable {
+    let file: StagedFile
+    let writable: Bool
+
+    init(file: StagedFile, writable: Bool) {
+        self.file = file
+        self.writable = writable
     }
 }
 

@@ -8,6 +8,26 @@ public enum EntryKind: Sendable, Equatable {
     case file(ObjectInfo)
     /// A synthetic symbolic link (checkpoint references such as `latest`).
     case symlink(target: String)
+    /// A file written through this mount and kept in the staging directory until uploaded.
+    case staged(key: String)
+}
+
+/// How the writable overlay changes one name of a directory.
+public enum OverlayChange: Sendable, Equatable {
+    /// The name exists (or replaces the store's entry) with this kind.
+    case present(EntryKind)
+    /// The name was deleted or renamed away through this mount: the store's entry is hidden.
+    case removed
+}
+
+/// Local changes layered over the store's listings. Implemented by the writable overlay.
+public protocol NamespaceOverlay: Sendable {
+    /// The change to `name` in the directory `prefix`, if any.
+    func change(in prefix: String, name: String) -> OverlayChange?
+    /// Every change in the directory `prefix`.
+    func changes(in prefix: String) -> [String: OverlayChange]
+    /// Size and modification time of a staged file.
+    func stagedAttributes(key: String) -> (size: Int64, modified: Int64)?
 }
 
 /// One name in a directory listing.

@@ -48,14 +48,16 @@ public final class Namespace: Sendable {
     }
 
     private let store: any ObjectStore
+    private let overlay: (any NamespaceOverlay)?
     public let configuration: Configuration
     private let table: Mutex<Table>
     private let listings = Mutex<[String: Listing]>([:])
     private let warned = Mutex<Set<String>>([])
     private let logger = Logger(label: "ckptfs.namespace")
 
-    public init(store: any ObjectStore, configuration: Configuration) {
+    public init(store: any ObjectStore, configuration: Configuration, overlay: (any NamespaceOverlay)? = nil) {
         self.store = store
+        self.overlay = overlay
         self.configuration = configuration
         var table = Table()
         table.inodes[Self.rootIno] = Inode(
@@ -68,6 +70,11 @@ public final class Namespace: Sendable {
     /// Resolves `name` in directory `parent` and counts one kernel reference to the result.
     public func lookup(parent: UInt64, name: String) throws(NamespaceError) -> Attributes {
         let prefix = try directoryPrefix(parent)
+        switch overlay?.change(in: prefix, name: name) {
+        case .present(let kind): return register(parent: parent, entry: DirEntry(name: name, kind: kind))
+        case .removed: throw .notFound
+        case nil: break
+        }
         let listing = try listing(prefix)
         guard let position = listing.byName[name] else { throw .notFound }
         return register(parent: parent, entry: listing.entries[position])
@@ -108,13 +115,107 @@ public final class Namespace: Sendable {
     }
 
     public func attributes(_ ino: UInt64) throws(NamespaceError) -> Attributes {
-        guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
-        return attributes(ino, kind)
+        attributes(ino, try kind(of: ino))
     }
 
     /// The entries of directory `ino`, sorted by name (without `.` and `..`).
     public func entries(_ ino: UInt64) throws(NamespaceError) -> [DirEntry] {
-        try listing(directoryPrefix(ino)).entries
+        try entries(prefix: directoryPrefix(ino))
+    }
+
+    /// The key prefix of directory `ino` (ends with `/`, or is the root prefix).
+    public func prefix(of ino: UInt64) throws(NamespaceError) -> String {
+        try directoryPrefix(ino)
+    }
+
+    /// What `name` in directory `parent` currently is, without counting a kernel reference.
+    public func kind(parent: UInt64, name: String) throws(NamespaceError) -> EntryKind? {
+        let prefix = try directoryPrefix(parent)
+        switch overlay?.change(in: prefix, name: name) {
+        case .present(let kind): return kind
+        case .removed: return nil
+        case nil:
+            let listing = try listing(prefix)
+            return listing.byName[name].map { listing.entries[$0].kind }
+        }
+    }
+
+    /// The kind of inode `ino`, following a staged file that has been uploaded meanwhile.
+    public func kind(of ino: UInt64) throws(NamespaceError) -> EntryKind {
+        guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
+        guard case .staged(let key) = kind, overlay?.stagedAttributes(key: key) == nil else { return kind }
+        let slash = key.lastIndex(of: "/").map { key.index(after: $0) } ?? key.startIndex
+        guard case .present(let current) = overlay?.change(in: String(key[..<slash]), name: String(key[slash...])) else {
+            throw .notFound
+        }
+        table.withLock { $0.inodes[ino]?.kind = current }
+        return current
+    }
+
+    /// What the store (ignoring the overlay) lists as `name` in directory `prefix`.
+    public func remoteKind(prefix: String, name: String) throws(NamespaceError) -> EntryKind? {
+        let listing = try listing(prefix)
+        return listing.byName[name].map { listing.entries[$0].kind }
+    }
+
+    /// The merged entries of the directory `prefix`.
+    public func entries(prefix: String) throws(NamespaceError) -> [DirEntry] {
+        let remote = try listing(prefix).entries
+        guard let changes = overlay?.changes(in: prefix), !changes.isEmpty else { return remote }
+        var merged = remote.filter { changes[$0.name] == nil }
+        for (name, change) in changes {
+            if case .present(let kind) = change { merged.append(DirEntry(name: name, kind: kind)) }
+        }
+        return merged.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+    }
+
+    /// Moves the inode of `name` in `parent` to `newName` in `newParent` after a rename, so open handles
+    /// and cached inodes follow the file.
+    public func moved(parent: UInt64, name: String, to newParent: UInt64, _ newName: String, kind: EntryKind) {
+        table.withLock { table in
+            guard let ino = table.byName.removeValue(forKey: ParentName(parent: parent, name: name)),
+                let inode = table.inodes[ino]
+            else { return }
+            let target = ParentName(parent: newParent, name: newName)
+            if let replaced = table.byName[target], replaced != ino { table.byName.removeValue(forKey: target) }
+            table.inodes[ino] = Inode(parent: newParent, name: newName, kind: kind, lookups: inode.lookups)
+            table.byName[target] = ino
+        }
+    }
+
+    /// After a directory rename from `old` to `new` (both ending in `/`): every inode below `old` (the kernel
+    /// keeps them across a rename) now names the same entry below `new`.
+    public func rekey(from old: String, to new: String) {
+        func moved(_ key: String) -> String? { key.hasPrefix(old) ? new + key.dropFirst(old.count) : nil }
+        table.withLock { table in
+            for (ino, inode) in table.inodes {
+                var kind = inode.kind
+                switch inode.kind {
+                case .directory(let prefix):
+                    guard let prefix = moved(prefix) else { continue }
+                    kind = .directory(prefix: prefix)
+                case .staged(let key):
+                    guard let key = moved(key) else { continue }
+                    kind = .staged(key: key)
+                case .file(let info):
+                    guard let key = moved(info.key) else { continue }
+                    let slash = key.lastIndex(of: "/").map { key.index(after: $0) } ?? key.startIndex
+                    if case .present(let current) = overlay?.change(in: String(key[..<slash]), name: String(key[slash...])) {
+                        kind = current
+                    } else {
+                        kind = .file(ObjectInfo(key: key, size: info.size, modified: info.modified, etag: info.etag))
+                    }
+                case .symlink:
+                    continue
+                }
+                table.inodes[ino]?.kind = kind
+            }
+        }
+    }
+
+    /// Forgets the cached listing of `prefix`, so the next look at it asks the store.
+    public func invalidate(prefix: String) {
+        _ = listings.withLock { $0.removeValue(forKey: prefix) }
     }
 
     /// The parent directory's inode (the root is its own parent).
@@ -134,7 +235,7 @@ public final class Namespace: Sendable {
         switch kind {
         case .file(let info): return info
         case .directory: throw .isDirectory
-        case .symlink: throw .notFound
+        case .symlink, .staged: throw .notFound
         }
     }
 
@@ -208,6 +309,9 @@ public final class Namespace: Sendable {
         case .directory: return Attributes(ino: ino, kind: kind, size: 0, modified: 0)
         case .file(let info): return Attributes(ino: ino, kind: kind, size: info.size, modified: info.modified)
         case .symlink(let target): return Attributes(ino: ino, kind: kind, size: Int64(target.utf8.count), modified: 0)
+        case .staged(let key):
+            let staged = overlay?.stagedAttributes(key: key) ?? (0, 0)
+            return Attributes(ino: ino, kind: kind, size: staged.size, modified: staged.modified)
         }
     }
 

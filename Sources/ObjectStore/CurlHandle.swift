@@ -20,8 +20,12 @@ final class CurlHandle: @unchecked Sendable {
     final class Transfer {
         var response = Response()
         var sink: ((UnsafeRawBufferPointer) throws(StoreError) -> Void)?
-        var sinkError: StoreError?
+        /// What the sink or the body read threw inside a callback (libcurl then reports an abort).
+        var callbackError: StoreError?
         var delivered: Int64 = 0
+        var body: RequestBody?
+        /// Offset in `body` of the next byte libcurl asks for; libcurl seeks it back to resend.
+        var bodyPosition: Int64 = 0
         let raw: UnsafeMutableRawPointer
         init(raw: UnsafeMutableRawPointer) { self.raw = raw }
     }
@@ -33,6 +37,7 @@ final class CurlHandle: @unchecked Sendable {
         raw = handle
         ckptfs_curl_setopt_long(raw, CURLOPT_NOSIGNAL, 1)
         ckptfs_curl_setopt_long(raw, CURLOPT_BUFFERSIZE, 512 * 1024)
+        ckptfs_curl_setopt_long(raw, CURLOPT_UPLOAD_BUFFERSIZE, 512 * 1024)
         ckptfs_curl_setopt_long(raw, CURLOPT_PATH_AS_IS, 1)
         ckptfs_curl_setopt_long(raw, CURLOPT_TCP_KEEPALIVE, 1)
         ckptfs_curl_setopt_long(raw, CURLOPT_TCP_NODELAY, 1)
@@ -51,24 +56,34 @@ final class CurlHandle: @unchecked Sendable {
         }
         ckptfs_curl_setopt_write_callback(raw, CURLOPT_WRITEFUNCTION, curlWriteCallback)
         ckptfs_curl_setopt_write_callback(raw, CURLOPT_HEADERFUNCTION, curlHeaderCallback)
+        ckptfs_curl_setopt_read_callback(raw, CURLOPT_READFUNCTION, curlReadCallback)
+        ckptfs_curl_setopt_seek_callback(raw, CURLOPT_SEEKFUNCTION, curlSeekCallback)
     }
 
     deinit { curl_easy_cleanup(raw) }
 
     /// Runs one request. `sink` receives the body of a 2xx answer; other answers are buffered for error parsing.
+    /// With `body`, the request is an upload of `body.length` bytes (Content-Length) under `method`.
     func perform(
-        method: String, url: String, headers: [String], range: Range<Int64>?,
+        method: String, url: String, headers: [String], range: Range<Int64>?, body: RequestBody? = nil,
         sink: ((UnsafeRawBufferPointer) throws(StoreError) -> Void)?
     ) -> (Transfer, CURLcode) {
         let transfer = Transfer(raw: raw)
         transfer.sink = sink
+        transfer.body = body
         let context = Unmanaged.passRetained(transfer)
         defer { context.release() }
 
         ckptfs_curl_setopt_string(raw, CURLOPT_URL, url)
-        // HTTPGET resets the method (and NOBODY) left by the previous request on this handle.
+        // HTTPGET resets the method, NOBODY and UPLOAD left by the previous request on this handle.
         ckptfs_curl_setopt_long(raw, CURLOPT_HTTPGET, 1)
         ckptfs_curl_setopt_pointer(raw, CURLOPT_CUSTOMREQUEST, nil)
+        if let body {
+            ckptfs_curl_setopt_long(raw, CURLOPT_UPLOAD, 1)
+            ckptfs_curl_setopt_offset(raw, CURLOPT_INFILESIZE_LARGE, curl_off_t(body.length))
+            ckptfs_curl_setopt_pointer(raw, CURLOPT_READDATA, context.toOpaque())
+            ckptfs_curl_setopt_pointer(raw, CURLOPT_SEEKDATA, context.toOpaque())
+        }
         if method == "HEAD" {
             ckptfs_curl_setopt_long(raw, CURLOPT_NOBODY, 1)
         } else if method != "GET" {
@@ -91,12 +106,44 @@ final class CurlHandle: @unchecked Sendable {
         ckptfs_curl_getinfo_long(raw, CURLINFO_RESPONSE_CODE, &status)
         transfer.response.status = status
         ckptfs_curl_setopt_pointer(raw, CURLOPT_HTTPHEADER, nil)
+        ckptfs_curl_setopt_pointer(raw, CURLOPT_READDATA, nil)
+        ckptfs_curl_setopt_pointer(raw, CURLOPT_SEEKDATA, nil)
         return (transfer, code)
     }
 
     /// One-line description of a libcurl failure.
     static func describe(_ code: CURLcode) -> String {
         String(cString: curl_easy_strerror(code))
+    }
+}
+
+/// The bytes of an upload, handed to libcurl on demand so that a large part is never held in memory.
+enum RequestBody: Sendable {
+    /// `length` bytes of the open file `fd` from `offset`, read with `pread`.
+    case file(fd: Int32, offset: Int64, length: Int64)
+    /// A small document built in memory (XML), or an empty body.
+    case bytes([UInt8])
+
+    var length: Int64 {
+        switch self {
+        case .file(_, _, let length): return length
+        case .bytes(let bytes): return Int64(bytes.count)
+        }
+    }
+
+    /// Copies the body's bytes from `position` into `buffer` and returns their count, 0 at the end.
+    func read(at position: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
+        let wanted = Int(min(Int64(buffer.count), length - position))
+        guard wanted > 0 else { return 0 }
+        switch self {
+        case .file(let fd, let offset, _):
+            let window = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<wanted])
+            return try FileRange.readSome(fd: fd, at: offset + position, into: window, name: "upload source")
+        case .bytes(let bytes):
+            let start = Int(position)
+            bytes[start..<start + wanted].withUnsafeBytes { buffer.copyMemory(from: $0) }
+            return wanted
+        }
     }
 }
 
@@ -126,7 +173,7 @@ private let curlWriteCallback: curl_write_callback = { data, size, count, userda
             try sink(UnsafeRawBufferPointer(start: data, count: total))
             transfer.delivered += Int64(total)
         } catch {
-            transfer.sinkError = error
+            transfer.callbackError = error
             return 0
         }
     } else {
@@ -136,6 +183,30 @@ private let curlWriteCallback: curl_write_callback = { data, size, count, userda
         }
     }
     return total
+}
+
+private let curlReadCallback: curl_read_callback = { data, size, count, userdata in
+    guard let data, let userdata else { return Int(CURL_READFUNC_ABORT) }
+    let transfer = Unmanaged<CurlHandle.Transfer>.fromOpaque(userdata).takeUnretainedValue()
+    guard let body = transfer.body else { return 0 }
+    do throws(StoreError) {
+        let buffer = UnsafeMutableRawBufferPointer(start: data, count: size * count)
+        let copied = try body.read(at: transfer.bodyPosition, into: buffer)
+        transfer.bodyPosition += Int64(copied)
+        return copied
+    } catch {
+        transfer.callbackError = error
+        return Int(CURL_READFUNC_ABORT)
+    }
+}
+
+/// libcurl rewinds the body (always with SEEK_SET) when it must send it again, e.g. on a dead kept-alive connection.
+private let curlSeekCallback: curl_seek_callback = { userdata, offset, origin in
+    guard let userdata, origin == SEEK_SET else { return CURL_SEEKFUNC_CANTSEEK }
+    let transfer = Unmanaged<CurlHandle.Transfer>.fromOpaque(userdata).takeUnretainedValue()
+    guard let body = transfer.body, (0...body.length).contains(Int64(offset)) else { return CURL_SEEKFUNC_FAIL }
+    transfer.bodyPosition = Int64(offset)
+    return CURL_SEEKFUNC_OK
 }
 
 private let curlHeaderCallback: curl_write_callback = { data, size, count, userdata in

@@ -89,7 +89,7 @@ public final class LocalStore: ObjectStore {
         return ObjectInfo(key: key, size: Int64(info.st_size), modified: Int64(info.st_mtim.tv_sec), etag: etag)
     }
 
-    private func path(forKey key: String) throws(StoreError) -> String {
+    func path(forKey key: String) throws(StoreError) -> String {
         let segments = key.split(separator: "/", omittingEmptySubsequences: false)
         guard !key.isEmpty, !segments.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
             throw .notFound(key)

@@ -57,6 +57,41 @@ public protocol ObjectStore: Sendable {
 
     /// Checks at start-up that the store is reachable, the credentials are accepted and `prefix` can be listed.
     func checkAccess(prefix: String) throws(StoreError)
+
+    /// Uploads `size` bytes read from the open file `fd` (with `pread`, from offset 0) as `key`, replacing
+    /// any object there, and returns the new object's ETag. Large files go up as a multipart upload of
+    /// `options.partSize`-byte parts (grown so no upload needs more than 10,000 parts), `options.parallelism`
+    /// parts at a time; a failed multipart upload is aborted. Every request carries an integrity check the
+    /// server verifies (Content-MD5).
+    func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String
+
+    /// Deletes `key`; deleting a missing key succeeds.
+    func delete(key: String) throws(StoreError)
+
+    /// Server-side copy of `source` to `destination`; returns the new object's ETag.
+    func copy(from source: String, to destination: String) throws(StoreError) -> String
+}
+
+/// How `ObjectStore.put` splits and parallelises an upload.
+public struct UploadOptions: Sendable {
+    /// Files of at most this size go up in one PUT.
+    public var singlePutLimit: Int64
+    /// Multipart part size (at least 8 MiB; raised to keep within 10,000 parts).
+    public var partSize: Int64
+    /// Parts in flight at once.
+    public var parallelism: Int
+
+    public init(singlePutLimit: Int64 = 16 << 20, partSize: Int64 = 8 << 20, parallelism: Int = 4) {
+        self.singlePutLimit = singlePutLimit
+        self.partSize = partSize
+        self.parallelism = parallelism
+    }
+
+    /// The part size actually used for `size` bytes: `partSize`, or larger so there are at most 10,000 parts.
+    public func effectivePartSize(for size: Int64) -> Int64 {
+        let minimum = (size + 9_999) / 10_000
+        return max(partSize, (minimum + (1 << 20) - 1) / (1 << 20) * (1 << 20))
+    }
 }
 
 extension ObjectStore {

@@ -37,7 +37,7 @@ public final class S3Store: ObjectStore {
     private let baseURL: String
     private let settings: CurlSettings
     private let handles = Mutex<[CurlHandle]>([])
-    private let logger = Logger(label: "ckptfs.s3")
+    let logger = Logger(label: "ckptfs.s3")
 
     public init(_ configuration: Configuration) throws(StoreError) {
         self.configuration = configuration
@@ -102,7 +102,7 @@ public final class S3Store: ObjectStore {
                     sink: sink)
                 release(handle)
                 delivered += transfer.delivered
-                if let error = transfer.sinkError { throw error }
+                if let error = transfer.callbackError { throw error }
                 let failure: StoreError
                 if code == CURLE_OK && transfer.response.status == 206 {
                     if delivered == Int64(range.count) { return }
@@ -141,20 +141,26 @@ public final class S3Store: ObjectStore {
         return try S3XML.parseListing(response.body)
     }
 
-    /// Sends a bodiless request and returns the buffered answer, retrying transient failures.
-    private func request(
-        method: String, key: String?, query: [(String, String)] = [], operation: String, retry policy: RetryPolicy
+    /// Sends a request and returns the buffered answer, retrying transient failures (the body is read again
+    /// from the start on every attempt). With `errorInBody`, a 2xx answer whose document is an `<Error>` is a
+    /// failure too: S3 answers CompleteMultipartUpload and CopyObject with 200 before it knows the outcome.
+    func request(
+        method: String, key: String?, query: [(String, String)] = [], headers extra: [String] = [],
+        body: RequestBody? = nil, errorInBody: Bool = false, operation: String, retry policy: RetryPolicy
     ) throws(StoreError) -> CurlHandle.Response {
         var url = key.map(url(forKey:)) ?? baseURL
         if !query.isEmpty { url += (key == nil ? "/?" : "?") + S3Encoding.canonicalQuery(query) }
         var retry = 0
         while true {
             let handle = try acquire()
-            let (transfer, code) = handle.perform(method: method, url: url, headers: headers([]), range: nil, sink: nil)
+            let (transfer, code) = handle.perform(
+                method: method, url: url, headers: headers(extra), range: nil, body: body, sink: nil)
             release(handle)
+            if let error = transfer.callbackError { throw error }
             let failure: StoreError
             if code == CURLE_OK && (200..<300).contains(transfer.response.status) {
-                return transfer.response
+                guard errorInBody, S3XML.isError(transfer.response.body) else { return transfer.response }
+                failure = error(for: transfer.response, operation: operation, key: key ?? configuration.bucket, expected: 200)
             } else if code == CURLE_OK {
                 failure = error(for: transfer.response, operation: operation, key: key ?? configuration.bucket, expected: 200)
             } else {
@@ -181,7 +187,7 @@ public final class S3Store: ObjectStore {
             return .notFound(key)
         case 412:
             return .changed(key)
-        case 200..<300:
+        case 200..<300 where code.isEmpty:
             return .invalidResponse("\(operation) '\(key)': HTTP \(response.status), expected \(expected)")
         default:
             return .http(operation: operation, key: key, status: response.status, code: code, message: parsed.message, requestID: requestID)

@@ -36,11 +36,14 @@ public enum StoreError: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// Whether retrying the same request may succeed.
+    /// Whether retrying the same request may succeed. Besides 5xx and 429, the error codes S3 uses for
+    /// throttling and internal failures count, whatever the status: they also arrive inside a 200 answer
+    /// (CompleteMultipartUpload, CopyObject), and RequestTimeout comes with a 400.
     public var isTransient: Bool {
         switch self {
         case .transport: return true
-        case .http(_, _, let status, _, _, _): return status >= 500 || status == 429
+        case .http(_, _, let status, let code, _, _):
+            return status >= 500 || status == 429 || ["InternalError", "SlowDown", "RequestTimeout"].contains(code)
         default: return false
         }
     }

@@ -6,7 +6,7 @@ struct Ckptfs: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ckptfs",
         abstract: "Mount ML checkpoints in S3-compatible object storage as a lazily fetched file tree.",
-        subcommands: [MountCommand.self, UnmountCommand.self, DemoCommand.self]
+        subcommands: [MountCommand.self, UnmountCommand.self, SyncCommand.self, StatusCommand.self, DemoCommand.self]
     )
 }
 

@@ -11,7 +11,7 @@ import ObjectStore
 struct MountCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mount",
-        abstract: "Mount s3://BUCKET[/PREFIX] or file:///DIR read-only at MOUNTPOINT.",
+        abstract: "Mount s3://BUCKET[/PREFIX] or file:///DIR at MOUNTPOINT.",
         discussion: """
             Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN); \
             without them requests are anonymous. The endpoint comes from --endpoint or AWS_ENDPOINT_URL.
@@ -51,6 +51,24 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Group reported for every file. Default: the mounting user's group.")
     var gid: UInt32?
 
+    @Flag(help: "Refuse every write with EROFS.")
+    var readOnly = false
+
+    @Flag(help: "Allow rewriting and truncating objects that were in the bucket before this mount wrote them.")
+    var allowOverwrite = false
+
+    @Flag(help: "Allow deleting and renaming objects that were in the bucket before this mount wrote them (final).")
+    var allowDelete = false
+
+    @Option(help: "Directory where written files wait for upload (created 0700). Default: staging/ beside the cache blocks.")
+    var stagingDir: String?
+
+    @Option(help: "Parallel uploads (files, and parts of a multipart upload each).")
+    var uploadThreads: Int = 4
+
+    @Option(help: "Seconds to keep uploading after an unmount or SIGTERM before leaving the rest staged.")
+    var drainTimeout: Double = 600
+
     @Flag(help: "Let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root).")
     var allowOther = false
 
@@ -83,7 +101,7 @@ struct MountCommand: ParsableCommand {
                 handler.logLevel = level
                 return handler
             }
-            let plan = try MountPlan(command: self)
+            let plan = try MountPlan(command: self, serving: foreground)
             if foreground {
                 try serve(plan, ready: &ready)
             } else {
@@ -107,13 +125,29 @@ struct MountCommand: ParsableCommand {
         }
         let pidFile = try? Mountpoints.pidFile(for: plan.mountpoint)
         if let pidFile { try? "\(getpid())\n".write(toFile: pidFile) }
+        var control: ControlServer?
+        if let overlay = plan.fileSystem.overlay {
+            let socket = try Mountpoints.socketFile(for: plan.mountpoint)
+            do throws(MountError) {
+                control = try ControlServer(path: socket, overlay: overlay, rootPrefix: plan.rootPrefix)
+            } catch {
+                throw CLIError(error.description)
+            }
+        }
         Logger(label: "ckptfs").info("mounted", metadata: ["remote": "\(remote)", "mountpoint": "\(plan.mountpoint)"])
         ready?.send("ready")
         ready = nil
         let status = session.run(maxThreads: 16)
-        plan.fileSystem.flush()
-        if let pidFile { unlink(pidFile) }
         Logger(label: "ckptfs").info("unmounted", metadata: ["status": "\(status)"])
+        plan.fileSystem.flush()
+        if let overlay = plan.fileSystem.overlay {
+            let left = overlay.drain(timeout: drainTimeout)
+            if left > 0 {
+                Logger(label: "ckptfs").warning("uploads left staged for the next mount", metadata: ["operations": "\(left)"])
+            }
+        }
+        withExtendedLifetime(control) {}
+        if let pidFile { unlink(pidFile) }
     }
 }
 

@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import Namespace
 import ObjectStore
+import Overlay
 
 /// A validated mount: the store reached and the credentials accepted, the cache ready, the mount point
 /// checked. Built identically by `mount` (to fail early, with one line) and by the daemon it starts.
@@ -13,8 +14,10 @@ struct MountPlan {
     let fuseOptions: [String]
     let cacheDirectory: String
     let logFile: String
+    let rootPrefix: String
 
-    init(command: MountCommand) throws(CLIError) {
+    /// Validates `command`; with `serving` (the daemon) also recovers the staging directory and starts uploads.
+    init(command: MountCommand, serving: Bool) throws(CLIError) {
         let environment = Self.environment()
         let location: RemoteLocation
         let store: any ObjectStore
@@ -55,19 +58,42 @@ struct MountPlan {
             throw CLIError(Self.describe(error, location: location))
         }
 
+        rootPrefix = location.prefix
+        var overlay: Overlay?
+        if !command.readOnly {
+            guard (1...64).contains(command.uploadThreads) else { throw CLIError("--upload-threads must be between 1 and 64") }
+            let staging = command.stagingDir ?? cacheDirectory + "/staging"
+            let directory = staging + "/" + String(XXH64.hash(store.identity + "\u{0}" + location.prefix), radix: 16)
+            var upload = UploadOptions()
+            upload.parallelism = command.uploadThreads
+            do throws(OverlayError) {
+                if serving {
+                    overlay = try Overlay(
+                        store: store,
+                        configuration: .init(directory: directory, rootPrefix: location.prefix, upload: upload, uploadThreads: command.uploadThreads))
+                } else {
+                    try Overlay.makePrivateDirectory(directory)
+                }
+            } catch {
+                throw CLIError(error.description)
+            }
+        }
         let namespace = Namespace(
             store: store,
-            configuration: .init(rootPrefix: location.prefix, metadataTTL: command.metadataTTL))
+            configuration: .init(rootPrefix: location.prefix, metadataTTL: command.metadataTTL),
+            overlay: overlay)
         let registry = ObjectRegistry(store: store, cache: cache, fetchThreads: command.fetchThreads, blockSize: blockSize)
-        let settings = FileSystem.Settings(
+        var settings = FileSystem.Settings(
             uid: command.uid ?? getuid(), gid: command.gid ?? getgid(),
             metadataTTL: command.metadataTTL, negativeTTL: command.negativeTTL,
             ioSize: 1 << 20,
             initialReadAhead: 2 * blockSize,
             maximumReadAhead: min(256 << 20, cacheSize / 4))
-        fileSystem = FileSystem(namespace: namespace, registry: registry, cache: cache, settings: settings)
+        settings.allowOverwrite = command.allowOverwrite
+        settings.allowDelete = command.allowDelete
+        fileSystem = FileSystem(namespace: namespace, registry: registry, cache: cache, overlay: overlay, settings: settings)
         let fsname = command.remote.map { $0 == "," || $0 == " " ? "_" : $0 }
-        fuseOptions = ["ro", "default_permissions", "fsname=\(String(fsname))", "subtype=ckptfs"]
+        fuseOptions = (command.readOnly ? ["ro"] : []) + ["default_permissions", "fsname=\(String(fsname))", "subtype=ckptfs"]
             + (command.allowOther ? ["allow_other"] : [])
     }
 

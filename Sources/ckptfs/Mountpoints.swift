@@ -45,6 +45,31 @@ enum Mountpoints {
         return path
     }
 
+    /// The control socket of the daemon serving `absolute`.
+    static func socketFile(for absolute: String) throws(CLIError) -> String {
+        let name = String(XXH64.hash(absolute), radix: 16)
+        return try runtimeDirectory() + "/\(name).sock"
+    }
+
+    /// The ckptfs mount containing `path`, and `path` relative to it (empty for the mount point itself).
+    static func enclosingMount(_ path: String) throws(CLIError) -> (mountpoint: String, relative: String) {
+        guard let resolved = realpath(path, nil) else {
+            throw CLIError("\(path): \(String(cString: strerror(errno)))")
+        }
+        let absolute = String(cString: resolved)
+        free(resolved)
+        var candidate = absolute
+        while true {
+            if MountTable.entry(at: candidate)?.type == "fuse.ckptfs" {
+                let relative = String(absolute.dropFirst(candidate.count).drop { $0 == "/" })
+                return (candidate, relative)
+            }
+            guard candidate != "/", let slash = candidate.lastIndex(of: "/") else { break }
+            candidate = slash == candidate.startIndex ? "/" : String(candidate[..<slash])
+        }
+        throw CLIError("\(path) is not inside a ckptfs mount")
+    }
+
     /// Where the daemon serving `absolute` records its pid.
     static func pidFile(for absolute: String) throws(CLIError) -> String {
         let name = String(XXH64.hash(absolute), radix: 16)

@@ -35,6 +35,11 @@ struct UnmountCommand: ParsableCommand {
         }
         let pidFile = try Mountpoints.pidFile(for: absolute)
         let pid = Self.readPid(pidFile)
+        // A writable mount uploads what is queued before it goes away; the daemon keeps draining after
+        // the unmount too, up to its --drain-timeout, and leaves the rest staged for the next mount.
+        if let answer = ControlChannel.ask(try Mountpoints.socketFile(for: absolute), "sync "), !answer.hasPrefix("ok") {
+            throw CLIError("not unmounted: uploads failing (\(answer.trimmingCharacters(in: "\n"))); see ckptfs status \(mountpoint)")
+        }
         guard try Subprocess.run(["fusermount3", "-u", absolute], quiet: true) == 0 else {
             throw CLIError("cannot unmount \(mountpoint): it is busy (close files and leave the directory) or not yours")
         }

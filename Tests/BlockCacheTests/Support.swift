@@ -51,6 +51,18 @@ final class CountingStore: ObjectStore {
     }
 
     func checkAccess(prefix: String) throws(StoreError) {}
+
+    func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+        throw .invalidConfiguration("CountingStore is read-only")
+    }
+
+    func delete(key: String) throws(StoreError) {
+        throw .invalidConfiguration("CountingStore is read-only")
+    }
+
+    func copy(from source: String, to destination: String) throws(StoreError) -> String {
+        throw .invalidConfiguration("CountingStore is read-only")
+    }
 }
 
 func pattern(_ count: Int, seed: Int = 1) -> [UInt8] {

@@ -64,10 +64,10 @@ def mounter(ckptfs_bin, moto, moto_env, tmp_path):
 
 @pytest.fixture(scope="session")
 def dataset_mount(ckptfs_bin, moto, moto_env, dataset, tmp_path_factory) -> Path:
-    """The data set mounted once for the whole session, for tests that only read."""
+    """The data set mounted `--read-only` once for the whole session, for tests that only read."""
     m = Mounter(ckptfs_bin, tmp_path_factory.mktemp("shared-mount"), moto.endpoint, moto_env)
     try:
-        yield m.mount(f"s3://{dataset.bucket}").mountpoint
+        yield m.mount(f"s3://{dataset.bucket}", args=["--read-only"]).mountpoint
     finally:
         m.close()
 

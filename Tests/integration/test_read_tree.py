@@ -175,7 +175,7 @@ WRITES = {
 
 
 @pytest.mark.parametrize("operation", WRITES)
-def test_writes_of_any_kind_give_erofs(dataset_mount, dataset, operation):
+def test_writes_of_any_kind_give_erofs_on_a_read_only_mount(dataset_mount, dataset, operation):
     with pytest.raises(OSError) as raised:
         WRITES[operation](dataset_mount)
     assert raised.value.errno == errno.EROFS, f"{operation}: {raised.value!r}"

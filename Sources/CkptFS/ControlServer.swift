@@ -1,0 +1,131 @@
+import BlockCache
+import Glibc
+import Logging
+import Overlay
+
+/// The daemon's control channel: a Unix socket in the user's private runtime directory (0700, socket 0600).
+/// One request line per connection, answered with one or more lines:
+/// `sync PATH` → `ok` or `failed KEY…` once nothing under PATH is queued; `status` → `key=value` lines.
+public final class ControlServer: @unchecked Sendable {
+    private let overlay: Overlay
+    private let rootPrefix: String
+    private let path: String
+    private let fd: Int32
+    private let logger = Logger(label: "ckptfs.control")
+
+    public init(path: String, overlay: Overlay, rootPrefix: String) throws(MountError) {
+        self.path = path
+        self.overlay = overlay
+        self.rootPrefix = rootPrefix
+        unlink(path)
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0, Self.bind(fd, path), chmod(path, 0o600) == 0, listen(fd, 16) == 0 else {
+            throw MountError("control socket \(path): \(String(cString: strerror(errno)))")
+        }
+        ThreadLauncher.detach { [self] in acceptLoop() }
+    }
+
+    deinit {
+        close(fd)
+        unlink(path)
+    }
+
+    private func acceptLoop() {
+        while true {
+            let client = accept(fd, nil, nil)
+            if client < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+            ThreadLauncher.detach { [self] in serve(client) }
+        }
+    }
+
+    private func serve(_ client: Int32) {
+        defer { close(client) }
+        guard let request = ControlChannel.readLine(client) else { return }
+        let reply: String
+        if request.hasPrefix("sync ") || request == "sync" {
+            let relative = request.dropFirst(5)
+            let failed = overlay.sync(prefix: rootPrefix + relative)
+            reply = failed.isEmpty ? "ok\n" : "failed \(failed.count) \(failed.joined(separator: " "))\n"
+        } else if request == "status" {
+            let status = overlay.status()
+            var lines = [
+                "queued=\(status.queued)", "queued_bytes=\(status.queuedBytes)", "in_flight=\(status.inFlight)",
+                "staged_files=\(status.stagedFiles)", "staged_bytes=\(status.stagedBytes)",
+                "failing=\(status.failing.count)", "abandoned=\(status.abandoned.count)",
+            ]
+            lines += status.failing.map { "failing_key=\($0.key)\terror=\($0.error)" }
+            lines += status.abandoned.map { "abandoned_file=\($0)" }
+            reply = lines.joined(separator: "\n") + "\n"
+        } else {
+            reply = "error unknown request\n"
+        }
+        _ = reply.withCString { write(client, $0, strlen($0)) }
+    }
+
+    private static func bind(_ fd: Int32, _ path: String) -> Bool {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+    }
+}
+
+/// Client side of the control socket, and the line reading both sides share.
+public enum ControlChannel {
+    /// Sends `request` to the daemon listening at `path` and returns its whole answer.
+    public static func ask(_ path: String, _ request: String) -> String? {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+        guard connected else { return nil }
+        let line = request + "\n"
+        _ = line.withCString { write(fd, $0, strlen($0)) }
+        var answer = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = read(fd, &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { break }
+            answer += buffer[0..<count]
+        }
+        return String(decoding: answer, as: UTF8.self)
+    }
+
+    static func readLine(_ fd: Int32) -> String? {
+        var bytes = [UInt8]()
+        var byte: UInt8 = 0
+        while true {
+            let count = read(fd, &byte, 1)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self) }
+            if byte == UInt8(ascii: "\n") { return String(decoding: bytes, as: UTF8.self) }
+            bytes.append(byte)
+        }
+    }
+}

@@ -1,0 +1,377 @@
+import BlockCache
+import CFuse
+import Glibc
+import Namespace
+import ObjectStore
+import Overlay
+
+/// open/read/release and the write operations. Objects that were in the bucket before this mount and were
+/// not written through it are protected: writing, truncating, deleting or renaming them is `EACCES`
+/// unless `--allow-overwrite` / `--allow-delete`.
+extension FileSystem {
+    func open(_ req: fuse_req_t?, _ ino: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        let flags = fi.pointee.flags
+        let writing = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+        do throws(FileError) {
+            let kind = try namespaceCall { () throws(NamespaceError) in try namespace.kind(of: ino) }
+            let handle: Handle
+            switch kind {
+            case .staged(let key):
+                guard let overlay, var file = overlay.stagedFile(key) else { throw FileError(ENOENT) }
+                if writing { file = try overlayCall { () throws(OverlayError) in try overlay.openForWrite(file) } }
+                if flags & O_TRUNC != 0 {
+                    ftruncate(file.file.fd, 0)
+                    file.changes.add(1, ordering: .releasing)
+                }
+                handle = Handle(.staged(StagedHandle(file: file, writable: writing)))
+                fi.pointee.keep_cache = 0
+            case .file(let info) where writing:
+                let overlay = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite)
+                let file = try overlayCall { () throws(OverlayError) in
+                    flags & O_TRUNC != 0 ? try overlay.create(info.key) : try overlay.copyUp(info.key, from: info)
+                }
+                namespace.moved(parent: namespace.parent(of: ino), name: Self.name(of: info.key), to: namespace.parent(of: ino), Self.name(of: info.key), kind: .staged(key: info.key))
+                handle = Handle(.staged(StagedHandle(file: file, writable: true)))
+                fi.pointee.keep_cache = 0
+            case .file(let info):
+                let object = registry.acquire(info)
+                let window = ReadAheadWindow(initial: settings.initialReadAhead, maximum: settings.maximumReadAhead)
+                handle = Handle(.remote(FileHandle(object: object, window: window)))
+                let previous = openedETags.withLock { $0.updateValue(info.etag, forKey: ino) }
+                fi.pointee.keep_cache = previous == info.etag ? 1 : 0
+            case .directory: throw FileError(EISDIR)
+            case .symlink: throw FileError(ELOOP)
+            }
+            fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
+            if fuse_reply_open(req, fi) != 0 { release(nil, fi) }
+        } catch {
+            fuse_reply_err(req, error.code)
+        }
+    }
+
+    func read(_ req: fuse_req_t?, _ size: Int, _ offset: Int64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        let oversized = size > ThreadBuffer.capacity
+        let base = oversized ? UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096) : ThreadBuffer.current()
+        defer { if oversized { base.deallocate() } }
+        switch Self.handle(fi).content {
+        case .remote(let handle):
+            let prefetch = handle.window.withLock { $0.record(offset: offset, length: Int64(size)) }
+            do throws(StoreError) {
+                try handle.object.read(offset: offset, count: size, prefetch: prefetch, scratch: base) { bytes in
+                    fuse_reply_buf(req, bytes.baseAddress, bytes.count)
+                }
+            } catch {
+                logger.warning("read failed", metadata: ["key": "\(handle.object.key)", "error": "\(error)"])
+                fuse_reply_err(req, FileSystem.errno(error))
+            }
+        case .staged(let handle):
+            let count = pread(handle.file.file.fd, base, size, off_t(offset))
+            if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, base, count) }
+        }
+    }
+
+    func release(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        let unmanaged = Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh))!)
+        switch unmanaged.takeUnretainedValue().content {
+        case .remote(let handle):
+            registry.release(handle.object)
+        case .staged(let handle) where handle.writable:
+            do throws(OverlayError) {
+                try overlay?.releaseWriter(handle.file)
+            } catch {
+                logger.error("could not queue the upload", metadata: ["key": "\(handle.file.key)", "error": "\(error)"])
+            }
+        case .staged:
+            break
+        }
+        unmanaged.release()
+        if req != nil { fuse_reply_err(req, 0) }
+    }
+
+    func create(_ req: fuse_req_t?, _ parent: UInt64, _ name: String, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        do throws(FileError) {
+            let key = try keyOf(parent, name)
+            guard let overlay else { throw FileError(EROFS) }
+            let flags = fi.pointee.flags
+            let existing = try namespaceCall { () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }
+            if existing != nil && flags & O_EXCL != 0 { throw FileError(EEXIST) }
+            let file: StagedFile
+            // The kernel sends CREATE without a lookup when it has no cached entry, so the name may exist.
+            switch existing {
+            case .directory: throw FileError(EISDIR)
+            case .symlink: throw FileError(EACCES)
+            case .file(let info):
+                _ = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite)
+                file = try overlayCall { () throws(OverlayError) in
+                    flags & O_TRUNC != 0 ? try overlay.create(key) : try overlay.copyUp(key, from: info)
+                }
+            case .staged(let stagedKey):
+                guard let current = overlay.stagedFile(stagedKey) else { throw FileError(ENOENT) }
+                file = try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current) }
+                if flags & O_TRUNC != 0 {
+                    ftruncate(file.file.fd, 0)
+                    file.changes.add(1, ordering: .releasing)
+                }
+            case nil:
+                file = try overlayCall { () throws(OverlayError) in try overlay.create(key) }
+            }
+            let attributes = try namespaceCall { () throws(NamespaceError) in try namespace.lookup(parent: parent, name: name) }
+            var entry = self.entry(attributes)
+            let handle = Handle(.staged(StagedHandle(file: file, writable: true)))
+            fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
+            fi.pointee.keep_cache = 0
+            if fuse_reply_create(req, &entry, fi) != 0 { release(nil, fi) }
+        } catch {
+            fuse_reply_err(req, error.code)
+        }
+    }
+
+    func write(_ req: fuse_req_t?, _ buffer: UnsafePointer<CChar>, _ size: Int, _ offset: Int64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        guard case .staged(let handle) = Self.handle(fi).content, handle.writable else {
+            fuse_reply_err(req, EBADF)
+            return
+        }
+        var done = 0
+        while done < size {
+            let count = pwrite(handle.file.file.fd, buffer + done, size - done, off_t(offset) + off_t(done))
+            if count < 0 && Glibc.errno == EINTR { continue }
+            if count < 0 {
+                fuse_reply_err(req, Glibc.errno)
+                return
+            }
+            done += count
+        }
+        handle.file.changes.add(1, ordering: .releasing)
+        fuse_reply_write(req, done)
+    }
+
+    func setattr(_ req: fuse_req_t?, _ ino: UInt64, _ attr: stat, _ valid: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        do throws(FileError) {
+            let kind = try namespaceCall { () throws(NamespaceError) in try namespace.kind(of: ino) }
+            let changesContent = valid & FUSE_SET_ATTR_SIZE != 0
+            let changesTimes = valid & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW) != 0
+            switch kind {
+            case .staged(let key):
+                guard let file = overlay?.stagedFile(key) else { throw FileError(ENOENT) }
+                if changesContent {
+                    if ftruncate(file.file.fd, off_t(attr.st_size)) != 0 { throw FileError(Glibc.errno) }
+                    file.changes.add(1, ordering: .releasing)
+                    try overlayCall { () throws(OverlayError) in try overlay?.contentChanged(file) }
+                }
+                if changesTimes {
+                    overlay?.touch(file, modified: valid & FUSE_SET_ATTR_MTIME_NOW != 0 ? Int64(time(nil)) : Int64(attr.st_mtim.tv_sec))
+                }
+            case .file(let info) where changesContent:
+                let overlay = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite)
+                let file = try overlayCall { () throws(OverlayError) in
+                    attr.st_size == 0 ? try overlay.create(info.key) : try overlay.copyUp(info.key, from: info)
+                }
+                if ftruncate(file.file.fd, off_t(attr.st_size)) != 0 { throw FileError(Glibc.errno) }
+                try overlayCall { () throws(OverlayError) in try overlay.releaseWriter(file) }
+            case .file, .directory:
+                // Modes, owners and times of objects in the store cannot be stored: accepted and ignored
+                // only for what this mount wrote, refused otherwise.
+                if overlay == nil { throw FileError(EROFS) }
+            case .symlink:
+                throw FileError(EPERM)
+            }
+            var st = stat(try namespaceCall { () throws(NamespaceError) in try namespace.attributes(ino) })
+            fuse_reply_attr(req, &st, 0)
+        } catch {
+            fuse_reply_err(req, error.code)
+        }
+    }
+
+    func flush(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        if case .staged(let handle) = Self.handle(fi).content, handle.writable {
+            do throws(OverlayError) {
+                try overlay?.flushWriter(handle.file)
+            } catch {
+                logger.error("could not queue the upload", metadata: ["key": "\(handle.file.key)", "error": "\(error)"])
+                fuse_reply_err(req, error.errno == 0 ? EIO : error.errno)
+                return
+            }
+        }
+        fuse_reply_err(req, 0)
+    }
+
+    func fsync(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        if case .staged(let handle) = Self.handle(fi).content, Glibc.fsync(handle.file.file.fd) != 0 {
+            fuse_reply_err(req, Glibc.errno)
+            return
+        }
+        fuse_reply_err(req, 0)
+    }
+
+    func mkdir(_ req: fuse_req_t?, _ parent: UInt64, _ name: String) {
+        do throws(FileError) {
+            guard let overlay else { throw FileError(EROFS) }
+            let key = try keyOf(parent, name)
+            if try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) != nil {
+                throw FileError(EEXIST)
+            }
+            overlay.mkdir(key + "/")
+            var entry = self.entry(try namespaceCall { () throws(NamespaceError) in try namespace.lookup(parent: parent, name: name) })
+            fuse_reply_entry(req, &entry)
+        } catch {
+            fuse_reply_err(req, error.code)
+        }
+    }
+
+    func unlink(_ req: fuse_req_t?, _ parent: UInt64, _ name: String) {
+        do throws(FileError) {
+            try removeFile(parent: parent, name: name)
+            fuse_reply_err(req, 0)
+        } catch {
+            fuse_reply_err(req, error.code)
+        }
+    }
+
+    func rmdir(_ req: fuse_req_t?, _ parent: UInt64, _ name: String) {
+        do throws(FileError) {
+            guard let overlay else { throw FileError(EROFS) }
+            let prefix = try keyOf(parent, name) + "/"
+            guard case .directory = try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) else {
+                throw FileError(ENOTDIR)
+            }
+            let children = try namespaceCall { () throws(NamespaceError) in try namespace.entries(prefix: prefix) }
+            guard children.allSatisfy({ if case .symlink = $0.kind { true } else { false } }) else { throw FileError(ENOTEMPTY) }
+            let parentPrefix = try keyOf(parent, "")
+            let remote = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: parentPrefix, name: name) }
+            overlay.rmdir(prefix, existsRemotely: remote != nil)
+            fuse_reply_err(req, 0)
+        } catch {
+            fuse_reply_err(req, error.code)
+        }
+    }
+
+    func rename(_ req: fuse_req_t?, _ parent: UInt64, _ name: String, _ newParent: UInt64, _ newName: String, _ flags: UInt32) {
+        do throws(FileError) {
+            guard let overlay else { throw FileError(EROFS) }
+            if flags & 2 != 0 { throw FileError(EINVAL) }  // RENAME_EXCHANGE
+            let source = try keyOf(parent, name)
+            let destination = try keyOf(newParent, newName)
+            guard let kind = try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) else {
+                throw FileError(ENOENT)
+            }
+            let target = try namespaceCall { () throws(NamespaceError) in try namespace.kind(parent: newParent, name: newName) }
+            if target != nil && flags & 1 != 0 { throw FileError(EEXIST) }  // RENAME_NOREPLACE
+            switch kind {
+            case .directory(let prefix):
+                if case .directory(let targetPrefix) = target {
+                    let children = try namespaceCall { () throws(NamespaceError) in try namespace.entries(prefix: targetPrefix) }
+                    if children.contains(where: { if case .symlink = $0.kind { false } else { true } }) { throw FileError(ENOTEMPTY) }
+                } else if target != nil {
+                    throw FileError(ENOTDIR)
+                }
+                try renameDirectory(prefix, to: destination + "/", overlay: overlay)
+                let sourceParent = try keyOf(parent, "")
+                let remote = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: sourceParent, name: name) }
+                overlay.rmdir(prefix, existsRemotely: remote != nil)
+                namespace.moved(parent: parent, name: name, to: newParent, newName, kind: .directory(prefix: destination + "/"))
+                namespace.rekey(from: prefix, to: destination + "/")
+            case .symlink:
+                throw FileError(EACCES)
+            case .file, .staged:
+                if case .directory = target { throw FileError(EISDIR) }
+                if case .file(let info) = target { _ = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite) }
+                let inStore = try renameFile(source, kind: kind, to: destination, overlay: overlay)
+                namespace.moved(parent: parent, name: name, to: newParent, newName, kind: inStore ? kind : .staged(key: destination))
+            }
+            fuse_reply_err(req, 0)
+        } catch {
+            fuse_reply_err(req, error.code)
+        }
+    }
+
+    // MARK: Helpers
+
+    /// Renames one file; returns whether its source was in the store (then copied and deleted there).
+    private func renameFile(_ source: String, kind: EntryKind, to destination: String, overlay: Overlay) throws(FileError) -> Bool {
+        if case .file(let info) = kind { _ = try writableOverlay(for: info.key, protectedBy: settings.allowDelete) }
+        let (parent, name) = Self.split(source)
+        let inStore = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: parent, name: name) } != nil
+        var sourceInfo: ObjectInfo?
+        if case .file(let info) = kind { sourceInfo = info }
+        try overlayCall { () throws(OverlayError) in
+            try overlay.rename(source, to: destination, sourceInStore: inStore, sourceInfo: sourceInfo)
+        }
+        return inStore
+    }
+
+    /// Renames every file below `prefix` (per object, not atomic) and recreates its empty directories.
+    private func renameDirectory(_ prefix: String, to destination: String, overlay: Overlay) throws(FileError) {
+        overlay.mkdir(destination)
+        let entries = try namespaceCall { () throws(NamespaceError) in try namespace.entries(prefix: prefix) }
+        for entry in entries {
+            switch entry.kind {
+            case .directory(let child):
+                try renameDirectory(child, to: destination + entry.name + "/", overlay: overlay)
+                let remote = (try? namespace.remoteKind(prefix: prefix, name: entry.name)).flatMap { $0 }
+                overlay.rmdir(child, existsRemotely: remote != nil)
+            case .file, .staged:
+                _ = try renameFile(prefix + entry.name, kind: entry.kind, to: destination + entry.name, overlay: overlay)
+            case .symlink:
+                continue
+            }
+        }
+    }
+
+    private func removeFile(parent: UInt64, name: String) throws(FileError) {
+        guard let overlay else { throw FileError(EROFS) }
+        let key = try keyOf(parent, name)
+        let parentPrefix = try keyOf(parent, "")
+        switch try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) {
+        case nil: throw FileError(ENOENT)
+        case .directory: throw FileError(EISDIR)
+        case .symlink: throw FileError(EACCES)
+        case .file(let info):
+            _ = try writableOverlay(for: info.key, protectedBy: settings.allowDelete)
+            try overlayCall { () throws(OverlayError) in try overlay.unlink(key, existsRemotely: true) }
+        case .staged:
+            let remote = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: parentPrefix, name: name) }
+            try overlayCall { () throws(OverlayError) in try overlay.unlink(key, existsRemotely: remote != nil) }
+        }
+    }
+
+    /// The overlay, if `key` may be changed: written through this mount, or the flag allows it.
+    private func writableOverlay(for key: String, protectedBy allowed: Bool) throws(FileError) -> Overlay {
+        guard let overlay else { throw FileError(EROFS) }
+        guard allowed || overlay.wrote(key) else { throw FileError(EACCES) }
+        return overlay
+    }
+
+    private func keyOf(_ parent: UInt64, _ name: String) throws(FileError) -> String {
+        try namespaceCall { () throws(NamespaceError) in try namespace.prefix(of: parent) } + name
+    }
+
+    private func namespaceCall<T>(_ body: () throws(NamespaceError) -> T) throws(FileError) -> T {
+        do { return try body() } catch { throw FileError(FileSystem.errno(error)) }
+    }
+
+    private func overlayCall<T>(_ body: () throws(OverlayError) -> T) throws(FileError) -> T {
+        do { return try body() } catch {
+            logger.error("staging failed", metadata: ["error": "\(error)"])
+            throw FileError(error.errno == 0 ? EIO : error.errno)
+        }
+    }
+
+    static func handle(_ fi: UnsafeMutablePointer<fuse_file_info>) -> Handle {
+        Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh))!).takeUnretainedValue()
+    }
+
+    static func name(of key: String) -> String {
+        split(key).name
+    }
+
+    static func split(_ key: String) -> (parent: String, name: String) {
+        guard let slash = key.lastIndex(of: "/") else { return ("", key) }
+        return (String(key[...slash]), String(key[key.index(after: slash)...]))
+    }
+}
+
+/// An errno to reply with.
+struct FileError: Error {
+    let code: Int32
+    init(_ code: Int32) { self.code = code }
+}

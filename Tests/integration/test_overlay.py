@@ -1,0 +1,179 @@
+"""The writable overlay: files written under the mount are staged, uploaded once closed, durably."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import uuid
+import zipfile
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from support import force_unmount, list_keys, pids_with_argument, run, wait_until_gone
+
+
+@pytest.fixture
+def bucket(moto_client):
+    """A fresh, empty bucket on moto."""
+    name = f"rw-{uuid.uuid4().hex[:8]}"
+    moto_client.create_bucket(Bucket=name)
+    return name
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def bucket_hashes(client, bucket: str) -> dict[str, str]:
+    return {key: sha(client.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in list_keys(client, bucket)}
+
+
+def sync(ckptfs_bin, env, path) -> None:
+    result = run([ckptfs_bin, "sync", path], env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def save_checkpoint(job, step: int, rng) -> dict[str, bytes]:
+    """Writes a checkpoint the way Hugging Face's Trainer does (tmp dir, then os.replace); returns its files."""
+    tmp = job / f"tmp-checkpoint-{step}"
+    tmp.mkdir()
+    tensors = {"w": rng.standard_normal((64, 64)).astype(np.float32), "b": np.arange(64, dtype=np.float32)}
+    save_file(tensors, tmp / "model.safetensors")
+    with zipfile.ZipFile(tmp / "optimizer.pt", "w") as archive:  # seeks back to patch its headers
+        archive.writestr("data/0", rng.bytes(300_000))
+        archive.writestr("data.pkl", b"pickle" * 100)
+    with open(tmp / "trainer_state.json", "w") as f:
+        f.write('{"step": %d' % step)
+        f.flush()
+        os.fsync(f.fileno())
+    with open(tmp / "trainer_state.json", "a") as f:
+        f.write("}\n")
+    os.replace(tmp, job / f"checkpoint-{step}")
+    final = job / f"checkpoint-{step}"
+    return {name: (final / name).read_bytes() for name in ["model.safetensors", "optimizer.pt", "trainer_state.json"]}
+
+
+def test_trainer_style_saves_and_rotation_land_exactly_in_the_bucket(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    job = mnt / "proj" / "job"
+    job.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    written = {}
+    for step in (1, 2, 3):
+        files = save_checkpoint(job, step, rng)
+        written.update({f"proj/job/checkpoint-{step}/{name}": data for name, data in files.items()})
+        (job / "state.txt").write_text(f"last={step}\n")  # rewritten on every save
+        if step == 3:
+            shutil.rmtree(job / "checkpoint-1")  # rotation
+    written = {k: v for k, v in written.items() if not k.startswith("proj/job/checkpoint-1/")}
+    written["proj/job/state.txt"] = b"last=3\n"
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {k: sha(v) for k, v in written.items()}
+    assert sorted(set(os.listdir(job)) - {"latest"}) == ["checkpoint-2", "checkpoint-3", "state.txt"]
+    loaded = load_file(job / "checkpoint-3" / "model.safetensors")
+    assert loaded["w"].shape == (64, 64)
+    with zipfile.ZipFile(job / "checkpoint-2" / "optimizer.pt") as archive:
+        assert archive.testzip() is None
+
+
+def test_reads_return_what_was_written_before_and_after_upload(mounter, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    data = os.urandom(3_000_000)
+    (mnt / "a.bin").write_bytes(data)
+    assert (mnt / "a.bin").read_bytes() == data
+    assert os.stat(mnt / "a.bin").st_size == len(data)
+    sync(ckptfs_bin, moto_env, mnt)
+    assert (mnt / "a.bin").read_bytes() == data
+
+
+def test_large_file_goes_up_as_multipart_byte_exact(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    data = os.urandom(40 << 20)
+    with open(mnt / "big.bin", "wb") as f:
+        f.write(data[: 20 << 20])
+        f.write(data[20 << 20:])
+    sync(ckptfs_bin, moto_env, mnt)
+    head = moto_client.head_object(Bucket=bucket, Key="big.bin")
+    assert head["ContentLength"] == len(data)
+    assert head["ETag"].strip('"').endswith("-5")  # 8 MiB parts
+    assert bucket_hashes(moto_client, bucket) == {"big.bin": sha(data)}
+
+
+PROTECTED = {
+    "open-for-write": lambda m: open(m / "old.txt", "r+b"),
+    "truncate": lambda m: os.truncate(m / "old.txt", 0),
+    "unlink": lambda m: os.unlink(m / "old.txt"),
+    "rename": lambda m: os.rename(m / "old.txt", m / "new.txt"),
+}
+
+
+@pytest.mark.parametrize("operation", PROTECTED)
+def test_objects_from_before_the_mount_are_protected(mounter, moto_client, bucket, operation):
+    moto_client.put_object(Bucket=bucket, Key="old.txt", Body=b"precious")
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    with pytest.raises(OSError) as raised:
+        PROTECTED[operation](mnt)
+    assert raised.value.errno == errno.EACCES
+    assert (mnt / "old.txt").read_bytes() == b"precious"
+
+
+def test_flags_allow_overwriting_and_deleting_old_objects(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    moto_client.put_object(Bucket=bucket, Key="old.txt", Body=b"precious")
+    moto_client.put_object(Bucket=bucket, Key="gone.txt", Body=b"bye")
+    mnt = mounter.mount(f"s3://{bucket}", args=["--allow-overwrite", "--allow-delete"]).mountpoint
+    with open(mnt / "old.txt", "ab") as f:
+        f.write(b"+more")
+    os.unlink(mnt / "gone.txt")
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {"old.txt": sha(b"precious+more")}
+
+
+def test_read_only_flag_refuses_writes(mounter, bucket):
+    mnt = mounter.mount(f"s3://{bucket}", args=["--read-only"]).mountpoint
+    with pytest.raises(OSError) as raised:
+        (mnt / "x").write_bytes(b"x")
+    assert raised.value.errno == errno.EROFS
+
+
+def kill_daemon(mountpoint) -> None:
+    pids = pids_with_argument(str(mountpoint))
+    assert pids, "daemon not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert not wait_until_gone(pids, timeout=10)
+    force_unmount(mountpoint, kill_daemon=False)
+
+
+def test_files_closed_before_a_crash_are_uploaded_after_remount(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    first = mounter.mount(f"s3://{bucket}", args=["--upload-threads", "1"])
+    files = {f"ckpt/part-{i}.bin": os.urandom(200_000 + i) for i in range(6)}
+    (first.mountpoint / "ckpt").mkdir()
+    for key, data in files.items():
+        (first.mountpoint / key).write_bytes(data)
+    kill_daemon(first.mountpoint)
+    second = mounter.mount(first.remote, mountpoint=first.mountpoint, cache_dir=first.cache_dir, args=first.args)
+    sync(ckptfs_bin, moto_env, second.mountpoint)
+    assert bucket_hashes(moto_client, bucket) == {k: sha(v) for k, v in files.items()}
+
+
+def test_a_file_open_at_the_crash_is_kept_reported_and_not_uploaded(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    first = mounter.mount(f"s3://{bucket}")
+    handle = open(first.mountpoint / "half.bin", "wb")
+    handle.write(b"partial" * 1000)
+    handle.flush()
+    kill_daemon(first.mountpoint)
+    try:
+        handle.close()
+    except OSError:
+        pass
+    second = mounter.mount(first.remote, mountpoint=first.mountpoint, cache_dir=first.cache_dir)
+    sync(ckptfs_bin, moto_env, second.mountpoint)
+    assert "half.bin" not in list_keys(moto_client, bucket)
+    status = run([ckptfs_bin, "status", second.mountpoint], env=moto_env)
+    assert status.returncode == 0, status.stderr
+    assert "abandoned=1" in status.stdout
