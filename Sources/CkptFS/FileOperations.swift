@@ -21,6 +21,7 @@ extension FileSystem {
                 if writing { file = try overlayCall { () throws(OverlayError) in try overlay.openForWrite(file) } }
                 if flags & O_TRUNC != 0 {
                     ftruncate(file.file.fd, 0)
+                    overlay.shrink(file, to: 0)
                     file.changes.add(1, ordering: .releasing)
                 }
                 handle = Handle(.staged(StagedHandle(file: file, writable: writing)))
@@ -110,6 +111,7 @@ extension FileSystem {
                 file = try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current) }
                 if flags & O_TRUNC != 0 {
                     ftruncate(file.file.fd, 0)
+                    overlay.shrink(file, to: 0)
                     file.changes.add(1, ordering: .releasing)
                 }
             case nil:
@@ -129,6 +131,12 @@ extension FileSystem {
     func write(_ req: fuse_req_t?, _ buffer: UnsafePointer<CChar>, _ size: Int, _ offset: Int64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
         guard case .staged(let handle) = Self.handle(fi).content, handle.writable else {
             fuse_reply_err(req, EBADF)
+            return
+        }
+        do throws(OverlayError) {
+            try overlay?.reserve(handle.file, growingTo: offset + Int64(size))
+        } catch {
+            fuse_reply_err(req, error.errno)
             return
         }
         var done = 0
@@ -154,7 +162,10 @@ extension FileSystem {
             case .staged(let key):
                 guard let file = overlay?.stagedFile(key) else { throw FileError(ENOENT) }
                 if changesContent {
-                    if ftruncate(file.file.fd, off_t(attr.st_size)) != 0 { throw FileError(Glibc.errno) }
+                    let size = Int64(attr.st_size)
+                    try overlayCall { () throws(OverlayError) in try overlay?.reserve(file, growingTo: size) }
+                    if ftruncate(file.file.fd, off_t(size)) != 0 { throw FileError(Glibc.errno) }
+                    overlay?.shrink(file, to: size)
                     file.changes.add(1, ordering: .releasing)
                     try overlayCall { () throws(OverlayError) in try overlay?.contentChanged(file) }
                 }

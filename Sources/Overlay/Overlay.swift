@@ -15,12 +15,18 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         public var rootPrefix: String
         public var upload: UploadOptions
         public var uploadThreads: Int
+        /// Upper bound of the bytes held in staged files (`--staging-size`).
+        public var stagingLimit: Int64
 
-        public init(directory: String, rootPrefix: String, upload: UploadOptions = UploadOptions(), uploadThreads: Int = 4) {
+        public init(
+            directory: String, rootPrefix: String, upload: UploadOptions = UploadOptions(), uploadThreads: Int = 4,
+            stagingLimit: Int64 = .max
+        ) {
             self.directory = directory
             self.rootPrefix = rootPrefix
             self.upload = upload
             self.uploadThreads = uploadThreads
+            self.stagingLimit = stagingLimit
         }
     }
 
@@ -74,6 +80,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private var running: [UInt64: Operation] = [:]
     private var nextID: UInt64 = 1
     private var abandoned: [String] = []
+    /// Bytes held by staged files, counted against `stagingLimit`.
+    private var charged: Int64 = 0
 
     /// Opens (or recovers) the staging directory and starts the upload threads. What this mount uploads or
     /// deletes stays recorded in the overlay, so listings show it at once, before the store's listing does.
@@ -143,6 +151,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// Creates a staged file for `key` holding a copy of its current remote bytes (copy-up).
     public func copyUp(_ key: String, from info: ObjectInfo) throws(OverlayError) -> StagedFile {
         let file = try create(key)
+        try reserve(file, growingTo: info.size)
         var offset: Int64 = 0
         do throws(StoreError) {
             try store.get(key: info.key, range: 0..<info.size, etag: info.etag) { (chunk) throws(StoreError) in
@@ -232,6 +241,39 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             pending.append(Operation(id: id, kind: .put(file, key: file.key, size: size)))
         }
         monitor.broadcast()
+    }
+
+    /// Accounts for `file` growing to `size` bytes before the bytes are written. When the staging budget is
+    /// used up, waits for queued uploads to free space; fails with `ENOSPC` only when nothing queued could.
+    public func reserve(_ file: StagedFile, growingTo size: Int64) throws(OverlayError) {
+        try monitor.withLock { () throws(OverlayError) in
+            let need = size - file.charged
+            guard need > 0 else { return }
+            while charged + need > configuration.stagingLimit {
+                guard !(pending.isEmpty && running.isEmpty) else {
+                    throw OverlayError(path: configuration.directory, errno: ENOSPC)
+                }
+                monitor.wait()
+            }
+            charged += need
+            file.charged = size
+        }
+    }
+
+    /// Accounts for `file` shrinking (truncate) to `size` bytes.
+    public func shrink(_ file: StagedFile, to size: Int64) {
+        monitor.withLock {
+            guard size < file.charged else { return }
+            charged -= file.charged - size
+            file.charged = size
+        }
+        monitor.broadcast()
+    }
+
+    /// Returns a removed staged file's bytes to the budget. Call with the monitor held.
+    private func releaseChargeLocked(_ file: StagedFile) {
+        charged -= file.charged
+        file.charged = 0
     }
 
     /// Marks the modification time of a staged file (utimens).
@@ -475,6 +517,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             staged.removeValue(forKey: file.key)
             insertLocked(file.key, .present(.file(info)))
             Glibc.unlink(file.path)
+            releaseChargeLocked(file)
         }
     }
 
@@ -515,6 +558,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             claimed.insert(path)
             file.upload = id
             file.closed = (put.size, put.checksum)
+            file.charged = put.size
+            charged += put.size
             staged[put.key] = file
             insertLocked(put.key, .present(.staged(key: put.key)))
             operations.append((id, Operation(id: id, kind: .put(file, key: put.key, size: put.size))))
@@ -567,6 +612,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
         if file.upload == nil || running[file.upload!] == nil { Glibc.unlink(file.path) }
         file.upload = nil
+        releaseChargeLocked(file)
     }
 
     /// `("a/b/", "c")` for `"a/b/c"`.

@@ -22,6 +22,8 @@ public final class StagedFile: @unchecked Sendable {
     /// the queued upload is still current.
     public let changes = Atomic<UInt64>(0)
     var queuedChanges: UInt64 = 0
+    /// Bytes of the staging budget this file holds (its size as far as the overlay has counted it).
+    var charged: Int64 = 0
     /// Counts opens for writing, so a release can tell that a writer came and went meanwhile.
     var generation: UInt64 = 0
 

@@ -21,6 +21,7 @@ struct DemoCommand: ParsableCommand {
             try SampleCheckpoints.makeDirectory(mountpoint)
             let status = try Subprocess.run([
                 Subprocess.currentExecutable(), "mount", "file://\(remote)", mountpoint, "--cache-dir", dir + "/cache",
+                "--read-only",
             ])
             // The mount already printed its one-line error.
             guard status == 0 else { throw CLIError("") }

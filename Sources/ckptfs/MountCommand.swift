@@ -63,6 +63,9 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Directory where written files wait for upload (created 0700). Default: staging/ beside the cache blocks.")
     var stagingDir: String?
 
+    @Option(help: "Upper bound of the staging dir, e.g. 50G. When full, writers wait for uploads to free space.")
+    var stagingSize: String?
+
     @Option(help: "Parallel uploads (files, and parts of a multipart upload each).")
     var uploadThreads: Int = 4
 

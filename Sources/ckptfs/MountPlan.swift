@@ -66,11 +66,14 @@ struct MountPlan {
             let directory = staging + "/" + String(XXH64.hash(store.identity + "\u{0}" + location.prefix), radix: 16)
             var upload = UploadOptions()
             upload.parallelism = command.uploadThreads
+            let stagingLimit = try command.stagingSize.map { (text) throws(CLIError) in try ByteSize.parse(text, option: "--staging-size") } ?? .max
             do throws(OverlayError) {
                 if serving {
                     overlay = try Overlay(
                         store: store,
-                        configuration: .init(directory: directory, rootPrefix: location.prefix, upload: upload, uploadThreads: command.uploadThreads))
+                        configuration: .init(
+                            directory: directory, rootPrefix: location.prefix, upload: upload,
+                            uploadThreads: command.uploadThreads, stagingLimit: stagingLimit))
                 } else {
                     try Overlay.makePrivateDirectory(directory)
                 }

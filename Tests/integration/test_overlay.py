@@ -177,3 +177,20 @@ def test_a_file_open_at_the_crash_is_kept_reported_and_not_uploaded(mounter, mot
     status = run([ckptfs_bin, "status", second.mountpoint], env=moto_env)
     assert status.returncode == 0, status.stderr
     assert "abandoned=1" in status.stdout
+
+
+def test_a_full_staging_dir_slows_writers_instead_of_failing_them(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}", args=["--staging-size", "8M"]).mountpoint
+    files = {f"f{i}.bin": os.urandom(3 << 20) for i in range(6)}  # 18 MiB through an 8 MiB staging dir
+    for name, data in files.items():
+        (mnt / name).write_bytes(data)
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {k: sha(v) for k, v in files.items()}
+
+
+def test_a_file_larger_than_the_staging_dir_gets_enospc(mounter, bucket):
+    mnt = mounter.mount(f"s3://{bucket}", args=["--staging-size", "8M"]).mountpoint
+    with pytest.raises(OSError) as raised:
+        with open(mnt / "huge.bin", "wb") as f:
+            f.write(os.urandom(12 << 20))
+    assert raised.value.errno == errno.ENOSPC
