@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from support import force_unmount, list_keys, pids_with_argument, run, wait_until_gone
+from support import (
+    MOTO_ACCESS_KEY, MOTO_SECRET_KEY, MotoServer, Mounter, force_unmount, free_port, list_keys,
+    pids_with_argument, run, s3_client, wait_until_gone,
+)
 
 
 @pytest.fixture
@@ -194,3 +197,27 @@ def test_a_file_larger_than_the_staging_dir_gets_enospc(mounter, bucket):
         with open(mnt / "huge.bin", "wb") as f:
             f.write(os.urandom(12 << 20))
     assert raised.value.errno == errno.ENOSPC
+
+
+def test_uploads_survive_the_server_going_away_and_finish_when_it_is_back(ckptfs_bin, moto_env, tmp_path):
+    port = free_port()
+    server = MotoServer(port)
+    mounter = Mounter(ckptfs_bin, tmp_path, server.endpoint, moto_env)
+    try:
+        s3_client(server.endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY).create_bucket(Bucket="down")
+        mnt = mounter.mount("s3://down").mountpoint
+        assert os.listdir(mnt) == []  # the listing is cached; creating names needs no request then
+        server.stop()
+        files = {f"during-outage-{i}.bin": os.urandom(100_000) for i in range(3)}
+        for name, data in files.items():
+            (mnt / name).write_bytes(data)
+        status = run([ckptfs_bin, "status", mnt], env=moto_env)
+        assert status.returncode == 0 and "staged_files=3" in status.stdout, status.stdout
+        server = MotoServer(port)  # a fresh moto: empty, so the bucket is created again
+        client = s3_client(server.endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY)
+        client.create_bucket(Bucket="down")
+        sync(ckptfs_bin, moto_env, mnt)
+        assert bucket_hashes(client, "down") == {k: sha(v) for k, v in files.items()}
+    finally:
+        mounter.close()
+        server.stop()
