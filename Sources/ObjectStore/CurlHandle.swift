@@ -228,7 +228,7 @@ private let curlHeaderCallback: curl_write_callback = { data, size, count, userd
 
 extension StringProtocol {
     /// Drops leading and trailing characters from `set`.
-    func trimmingCharacters(in set: String) -> String {
+    public func trimmingCharacters(in set: String) -> String {
         var slice = Substring(self)
         while let first = slice.first, set.contains(first) { slice.removeFirst() }
         while let last = slice.last, set.contains(last) { slice.removeLast() }

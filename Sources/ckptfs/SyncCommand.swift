@@ -1,6 +1,7 @@
 import ArgumentParser
 import CkptFS
 import Glibc
+import ObjectStore
 
 /// `ckptfs sync`: waits until everything closed under a path is in the bucket.
 struct SyncCommand: ParsableCommand {
@@ -60,11 +61,3 @@ struct StatusCommand: ParsableCommand {
     }
 }
 
-extension StringProtocol {
-    func trimmingCharacters(in set: String) -> String {
-        var slice = Substring(self)
-        while let last = slice.last, set.contains(last) { slice.removeLast() }
-        while let first = slice.first, set.contains(first) { slice.removeFirst() }
-        return String(slice)
-    }
-}

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CkptFS
 import Glibc
+import ObjectStore
 
 /// `ckptfs unmount`: unmounts and waits for the daemon to finish.
 struct UnmountCommand: ParsableCommand {
