@@ -8,14 +8,18 @@ import Overlay
 /// `sync PATH` → `ok` or `failed KEY…` once nothing under PATH is queued; `status` → `key=value` lines.
 public final class ControlServer: @unchecked Sendable {
     private let overlay: Overlay
+    private let cacheUsage: @Sendable () -> (bytes: Int64, capacity: Int64)
     private let rootPrefix: String
     private let path: String
     private let fd: Int32
     private let logger = Logger(label: "ckptfs.control")
 
-    public init(path: String, overlay: Overlay, rootPrefix: String) throws(MountError) {
+    public init(
+        path: String, overlay: Overlay, rootPrefix: String, cacheUsage: @escaping @Sendable () -> (bytes: Int64, capacity: Int64)
+    ) throws(MountError) {
         self.path = path
         self.overlay = overlay
+        self.cacheUsage = cacheUsage
         self.rootPrefix = rootPrefix
         unlink(path)
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -56,6 +60,7 @@ public final class ControlServer: @unchecked Sendable {
                 "queued=\(status.queued)", "queued_bytes=\(status.queuedBytes)", "in_flight=\(status.inFlight)",
                 "staged_files=\(status.stagedFiles)", "staged_bytes=\(status.stagedBytes)",
                 "failing=\(status.failing.count)", "abandoned=\(status.abandoned.count)",
+                "cache_bytes=\(cacheUsage().bytes)", "cache_capacity=\(cacheUsage().capacity)",
             ]
             lines += status.failing.map { "failing_key=\($0.key)\terror=\($0.error)" }
             lines += status.abandoned.map { "abandoned_file=\($0)" }
@@ -78,11 +83,16 @@ public final class ControlServer: @unchecked Sendable {
 
 /// Client side of the control socket, and the line reading both sides share.
 public enum ControlChannel {
-    /// Sends `request` to the daemon listening at `path` and returns its whole answer.
-    public static func ask(_ path: String, _ request: String) -> String? {
+    /// Sends `request` to the daemon listening at `path` and returns its whole answer; nil if the daemon
+    /// cannot be reached or has not answered within `timeout` seconds.
+    public static func ask(_ path: String, _ request: String, timeout: Double? = nil) -> String? {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
+        if let timeout {
+            var limit = timeval(tv_sec: Int(timeout), tv_usec: Int(timeout.truncatingRemainder(dividingBy: 1) * 1e6))
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        }
         guard var address = address(path) else { return nil }
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -97,7 +107,8 @@ public enum ControlChannel {
         while true {
             let count = read(fd, &buffer, buffer.count)
             if count < 0 && errno == EINTR { continue }
-            if count <= 0 { break }
+            if count < 0 { return nil }
+            if count == 0 { break }
             answer += buffer[0..<count]
         }
         return String(decoding: answer, as: UTF8.self)

@@ -60,6 +60,9 @@ public final class FileSystem: Sendable {
         mountTime = Int64(time(nil))
     }
 
+    /// Bytes in the block cache and its bound.
+    public var cacheUsage: (bytes: Int64, capacity: Int64) { (cache.usage.bytes, cache.capacity) }
+
     /// Waits until every fetched block is stored in the cache; called after unmount.
     public func flush() {
         registry.flush()

@@ -132,7 +132,8 @@ struct MountCommand: ParsableCommand {
         if let overlay = plan.fileSystem.overlay {
             let socket = try Mountpoints.socketFile(for: plan.mountpoint)
             do throws(MountError) {
-                control = try ControlServer(path: socket, overlay: overlay, rootPrefix: plan.rootPrefix)
+                let fileSystem = plan.fileSystem
+                control = try ControlServer(path: socket, overlay: overlay, rootPrefix: plan.rootPrefix) { fileSystem.cacheUsage }
             } catch {
                 throw CLIError(error.description)
             }

@@ -15,7 +15,7 @@ struct SyncCommand: ParsableCommand {
         do throws(CLIError) {
             let (mountpoint, relative) = try Mountpoints.enclosingMount(path)
             let socket = try Mountpoints.socketFile(for: mountpoint)
-            guard let answer = ControlChannel.ask(socket, "sync \(relative)") else {
+            guard let answer = SyncProgress.sync(socket: socket, relative: relative, timeout: nil) else {
                 throw CLIError("cannot reach the daemon of \(mountpoint) (read-only mount, or it stopped)")
             }
             if answer.hasPrefix("ok") { return }

@@ -13,6 +13,9 @@ struct UnmountCommand: ParsableCommand {
     @Option(help: "Seconds to wait for the daemon to exit after unmounting.")
     var timeout: Double = 30
 
+    @Option(help: "Seconds to wait for queued uploads before unmounting anyway (the rest stays staged).")
+    var drainTimeout: Double = 600
+
     func run() throws {
         do throws(CLIError) {
             try unmount()
@@ -36,13 +39,19 @@ struct UnmountCommand: ParsableCommand {
         }
         let pidFile = try Mountpoints.pidFile(for: absolute)
         let pid = Self.readPid(pidFile)
-        // A writable mount uploads what is queued before it goes away; the daemon keeps draining after
-        // the unmount too, up to its --drain-timeout, and leaves the rest staged for the next mount.
-        if let answer = ControlChannel.ask(try Mountpoints.socketFile(for: absolute), "sync "), !answer.hasPrefix("ok") {
-            throw CLIError("not unmounted: uploads failing (\(answer.trimmingCharacters(in: "\n"))); see ckptfs status \(mountpoint)")
+        // A writable mount uploads what is queued before it goes away (for at most --drain-timeout);
+        // what is left stays staged for the next mount, and the exit status says so.
+        let socket = try Mountpoints.socketFile(for: absolute)
+        var leftStaged = false
+        if access(socket, F_OK) == 0 {
+            let answer = SyncProgress.sync(socket: socket, relative: "", timeout: drainTimeout)
+            leftStaged = answer.map { !$0.hasPrefix("ok") } ?? true
         }
         guard try Subprocess.run(["fusermount3", "-u", absolute], quiet: true) == 0 else {
             throw CLIError("cannot unmount \(mountpoint): it is busy (close files and leave the directory) or not yours")
+        }
+        if leftStaged {
+            throw CLIError("unmounted, but some uploads did not finish: they stay staged and resume at the next mount with the same staging dir")
         }
         guard let pid else { return }
         var waited = 0.0

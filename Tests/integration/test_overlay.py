@@ -221,3 +221,31 @@ def test_uploads_survive_the_server_going_away_and_finish_when_it_is_back(ckptfs
     finally:
         mounter.close()
         server.stop()
+
+
+def test_unmount_with_the_server_down_leaves_uploads_staged_for_the_next_mount(ckptfs_bin, moto_env, tmp_path):
+    port = free_port()
+    server = MotoServer(port)
+    mounter = Mounter(ckptfs_bin, tmp_path, server.endpoint, moto_env)
+    try:
+        s3_client(server.endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY).create_bucket(Bucket="later")
+        first = mounter.mount("s3://later", args=["--drain-timeout", "2"])
+        assert os.listdir(first.mountpoint) == []
+        server.stop()
+        data = os.urandom(50_000)
+        (first.mountpoint / "kept.bin").write_bytes(data)
+        result = run([ckptfs_bin, "unmount", first.mountpoint, "--drain-timeout", "2"], env=moto_env, timeout=60)
+        assert result.returncode != 0 and "staged" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        server = MotoServer(port)
+        client = s3_client(server.endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY)
+        client.create_bucket(Bucket="later")
+        wait_until_gone(pids_with_argument(str(first.mountpoint)), timeout=30)
+        second = mounter.mount("s3://later", mountpoint=first.mountpoint, cache_dir=first.cache_dir)
+        sync(ckptfs_bin, moto_env, second.mountpoint)
+        assert bucket_hashes(client, "later") == {"kept.bin": sha(data)}
+        status = run([ckptfs_bin, "status", second.mountpoint, "--json"], env=moto_env)
+        assert '"queued": 0' in status.stdout and '"cache_capacity":' in status.stdout, status.stdout
+    finally:
+        mounter.close()
+        server.stop()
