@@ -95,6 +95,7 @@ struct MountCommand: ParsableCommand {
 
     func run() throws {
         var ready = readyFD.map(ReadyChannel.init)
+        var leftStaged = 0
         do throws(CLIError) {
             guard let level = Logger.Level(rawValue: logLevel) else {
                 throw CLIError("invalid --log-level \(logLevel): use trace, debug, info, warning or error")
@@ -106,7 +107,7 @@ struct MountCommand: ParsableCommand {
             }
             let plan = try MountPlan(command: self, serving: foreground)
             if foreground {
-                try serve(plan, ready: &ready)
+                leftStaged = try serve(plan, ready: &ready)
             } else {
                 try plan.startDaemon(arguments: CommandLine.arguments)
             }
@@ -117,9 +118,12 @@ struct MountCommand: ParsableCommand {
             }
             throw fail(error)
         }
+        // Exit status 2: unmounted, but uploads are left staged for the next mount.
+        if leftStaged > 0 { throw ExitCode(2) }
     }
 
-    private func serve(_ plan: MountPlan, ready: inout ReadyChannel?) throws(CLIError) {
+    /// Mounts and serves until unmounted; returns how many upload operations were left staged.
+    private func serve(_ plan: MountPlan, ready: inout ReadyChannel?) throws(CLIError) -> Int {
         let session: FuseSession
         do throws(MountError) {
             session = try FuseSession(fileSystem: plan.fileSystem, mountpoint: plan.mountpoint, options: plan.fuseOptions)
@@ -144,14 +148,16 @@ struct MountCommand: ParsableCommand {
         let status = session.run(maxThreads: 16)
         Logger(label: "ckptfs").info("unmounted", metadata: ["status": "\(status)"])
         plan.fileSystem.flush()
+        var left = 0
         if let overlay = plan.fileSystem.overlay {
-            let left = overlay.drain(timeout: drainTimeout)
+            left = overlay.drain(timeout: drainTimeout)
             if left > 0 {
                 Logger(label: "ckptfs").warning("uploads left staged for the next mount", metadata: ["operations": "\(left)"])
             }
         }
         withExtendedLifetime(control) {}
         if let pidFile { unlink(pidFile) }
+        return left
     }
 }
 
