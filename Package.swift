@@ -53,6 +53,7 @@ let package = Package(
         .testTarget(name: "ObjectStoreTests", dependencies: ["ObjectStore", "TestSupport"]),
         .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache", "ObjectStore", "TestSupport"]),
         .testTarget(name: "NamespaceTests", dependencies: ["Namespace", "ObjectStore", "TestSupport"]),
+        .testTarget(name: "OverlayTests", dependencies: ["Overlay", "Namespace", "ObjectStore", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,38 @@
+import Glibc
+import Testing
+import TestSupport
+@testable import Overlay
+
+@Suite struct JournalTests {
+    @Test func recordsSurviveARoundTripWithAwkwardKeys() throws {
+        let dir = ScratchDirectory()
+        let path = dir.path + "/journal"
+        let records: [Journal.Record] = [
+            .written("p/a b\tc\nd+é.bin"), .put(id: 7, file: 3, size: 12, checksum: UInt64.max, key: "p/a b\tc\nd+é.bin"),
+            .copy(id: 8, source: "x/1", destination: "y/2"), .delete(id: 9, key: "x/1"), .done(7), .forgot("q"),
+        ]
+        let journal = try Journal(path: path)
+        try journal.append(records)
+        #expect(Journal.read(path) == records)
+    }
+
+    @Test func aTornLastLineIsIgnored() throws {
+        let dir = ScratchDirectory()
+        let path = dir.path + "/journal"
+        try Journal(path: path).append([.written("a"), .done(1)])
+        let fd = open(path, O_WRONLY | O_APPEND)
+        _ = "put\t2\t1\t5".withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        #expect(Journal.read(path) == [.written("a"), .done(1)])
+    }
+
+    @Test func rewriteReplacesTheContents() throws {
+        let dir = ScratchDirectory()
+        let path = dir.path + "/journal"
+        let journal = try Journal(path: path)
+        try journal.append([.written("a"), .written("b")])
+        try journal.rewrite([.written("b")])
+        try journal.append([.done(4)])
+        #expect(Journal.read(path) == [.written("b"), .done(4)])
+    }
+}
