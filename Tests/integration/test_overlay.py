@@ -199,53 +199,69 @@ def test_a_file_larger_than_the_staging_dir_gets_enospc(mounter, bucket):
     assert raised.value.errno == errno.ENOSPC
 
 
-def test_uploads_survive_the_server_going_away_and_finish_when_it_is_back(ckptfs_bin, moto_env, tmp_path):
-    port = free_port()
-    server = MotoServer(port)
-    mounter = Mounter(ckptfs_bin, tmp_path, server.endpoint, moto_env)
-    try:
-        s3_client(server.endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY).create_bucket(Bucket="down")
-        mnt = mounter.mount("s3://down").mountpoint
-        assert os.listdir(mnt) == []  # the listing is cached; creating names needs no request then
-        server.stop()
-        files = {f"during-outage-{i}.bin": os.urandom(100_000) for i in range(3)}
-        for name, data in files.items():
-            (mnt / name).write_bytes(data)
-        status = run([ckptfs_bin, "status", mnt], env=moto_env)
-        assert status.returncode == 0 and "staged_files=3" in status.stdout, status.stdout
-        server = MotoServer(port)  # a fresh moto: empty, so the bucket is created again
-        client = s3_client(server.endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY)
-        client.create_bucket(Bucket="down")
-        sync(ckptfs_bin, moto_env, mnt)
-        assert bucket_hashes(client, "down") == {k: sha(v) for k, v in files.items()}
-    finally:
-        mounter.close()
-        server.stop()
+class Outage:
+    """A private moto server that a test can stop and start again on the same port (a restarted
+    moto is empty: `restart` creates the bucket again), with a Mounter pointed at it."""
+
+    def __init__(self, ckptfs_bin, env, workdir, bucket: str):
+        self.port = free_port()
+        self.bucket = bucket
+        self.server = MotoServer(self.port)
+        self.mounter = Mounter(ckptfs_bin, workdir, self.server.endpoint, env)
+        self.client = self._client_with_bucket()
+
+    def _client_with_bucket(self):
+        client = s3_client(self.server.endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY)
+        client.create_bucket(Bucket=self.bucket)
+        return client
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def restart(self) -> None:
+        self.server = MotoServer(self.port)
+        self.client = self._client_with_bucket()
+
+    def close(self) -> None:
+        self.mounter.close()
+        self.server.stop()
 
 
-def test_unmount_with_the_server_down_leaves_uploads_staged_for_the_next_mount(ckptfs_bin, moto_env, tmp_path):
-    port = free_port()
-    server = MotoServer(port)
-    mounter = Mounter(ckptfs_bin, tmp_path, server.endpoint, moto_env)
-    try:
-        s3_client(server.endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY).create_bucket(Bucket="later")
-        first = mounter.mount("s3://later", args=["--drain-timeout", "2"])
-        assert os.listdir(first.mountpoint) == []
-        server.stop()
-        data = os.urandom(50_000)
-        (first.mountpoint / "kept.bin").write_bytes(data)
-        result = run([ckptfs_bin, "unmount", first.mountpoint, "--drain-timeout", "2"], env=moto_env, timeout=60)
-        assert result.returncode != 0 and "staged" in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
-        server = MotoServer(port)
-        client = s3_client(server.endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY)
-        client.create_bucket(Bucket="later")
-        wait_until_gone(pids_with_argument(str(first.mountpoint)), timeout=30)
-        second = mounter.mount("s3://later", mountpoint=first.mountpoint, cache_dir=first.cache_dir)
-        sync(ckptfs_bin, moto_env, second.mountpoint)
-        assert bucket_hashes(client, "later") == {"kept.bin": sha(data)}
-        status = run([ckptfs_bin, "status", second.mountpoint, "--json"], env=moto_env)
-        assert '"queued": 0' in status.stdout and '"cache_capacity":' in status.stdout, status.stdout
-    finally:
-        mounter.close()
-        server.stop()
+@pytest.fixture
+def outage(ckptfs_bin, moto_env, tmp_path):
+    """An `Outage` for bucket "outage", always unmounted and stopped at teardown."""
+    outage = Outage(ckptfs_bin, moto_env, tmp_path, "outage")
+    yield outage
+    outage.close()
+
+
+def test_uploads_survive_the_server_going_away_and_finish_when_it_is_back(outage, ckptfs_bin, moto_env):
+    mnt = outage.mounter.mount("s3://outage").mountpoint
+    assert os.listdir(mnt) == []  # the listing is cached; creating names needs no request then
+    outage.stop()
+    files = {f"during-outage-{i}.bin": os.urandom(100_000) for i in range(3)}
+    for name, data in files.items():
+        (mnt / name).write_bytes(data)
+    status = run([ckptfs_bin, "status", mnt], env=moto_env)
+    assert status.returncode == 0 and "staged_files=3" in status.stdout, status.stdout
+    outage.restart()
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(outage.client, "outage") == {k: sha(v) for k, v in files.items()}
+
+
+def test_unmount_with_the_server_down_leaves_uploads_staged_for_the_next_mount(outage, ckptfs_bin, moto_env):
+    first = outage.mounter.mount("s3://outage", args=["--drain-timeout", "2"])
+    assert os.listdir(first.mountpoint) == []
+    outage.stop()
+    data = os.urandom(50_000)
+    (first.mountpoint / "kept.bin").write_bytes(data)
+    result = run([ckptfs_bin, "unmount", first.mountpoint, "--drain-timeout", "2"], env=moto_env, timeout=60)
+    assert result.returncode != 0 and "staged" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    outage.restart()
+    wait_until_gone(pids_with_argument(str(first.mountpoint)), timeout=30)
+    second = outage.mounter.mount("s3://outage", mountpoint=first.mountpoint, cache_dir=first.cache_dir)
+    sync(ckptfs_bin, moto_env, second.mountpoint)
+    assert bucket_hashes(outage.client, "outage") == {"kept.bin": sha(data)}
+    status = run([ckptfs_bin, "status", second.mountpoint, "--json"], env=moto_env)
+    assert '"queued": 0' in status.stdout and '"cache_capacity":' in status.stdout, status.stdout
