@@ -208,7 +208,11 @@ class Outage:
         self.bucket = bucket
         self.server = MotoServer(self.port)
         self.mounter = Mounter(ckptfs_bin, workdir, self.server.endpoint, env)
-        self.client = self._client_with_bucket()
+        try:
+            self.client = self._client_with_bucket()
+        except Exception:
+            self.server.stop()
+            raise
 
     def _client_with_bucket(self):
         client = s3_client(self.server.endpoint, MOTO_ACCESS_KEY, MOTO_SECRET_KEY)
