@@ -165,9 +165,9 @@ public final class BlockCache: Sendable {
     /// Rebuilds the index from the files present; deletes leftover temporary files.
     private static func scan(_ blocksDirectory: String) -> State {
         var found: [(BlockKey, Int64, Int64)] = []
-        for sub in listDirectory(blocksDirectory) {
+        for sub in PrivateDirectory.names(in: blocksDirectory) {
             let subPath = blocksDirectory + "/" + sub
-            for name in listDirectory(subPath) {
+            for name in PrivateDirectory.names(in: subPath) {
                 let path = subPath + "/" + name
                 if name.hasSuffix(".tmp") {
                     unlink(path)
@@ -190,33 +190,12 @@ public final class BlockCache: Sendable {
         return state
     }
 
-    private static func listDirectory(_ path: String) -> [String] {
-        guard let dir = opendir(path) else { return [] }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
-
-    /// Creates `path` (and parents) with mode 0700, or tightens an existing directory we own to 0700,
-    /// and checks that it is writable.
     static func preparePrivateDirectory(_ path: String) throws(CacheError) {
-        var current = ""
-        for part in path.split(separator: "/") {
-            current += "/" + part
-            if mkdir(current, 0o700) != 0 && errno != EEXIST { throw CacheError(path: current, errno: errno) }
+        do throws(PrivateDirectory.Failure) {
+            try PrivateDirectory.prepare(path)
+        } catch {
+            throw CacheError(path: error.path, message: error.reason)
         }
-        var info = stat()
-        guard stat(path, &info) == 0 else { throw CacheError(path: path, errno: errno) }
-        guard (info.st_mode & S_IFMT) == S_IFDIR else { throw CacheError(path: path, errno: ENOTDIR) }
-        guard info.st_uid == geteuid() else { throw CacheError(path: path, message: "not owned by the current user") }
-        if info.st_mode & 0o777 != 0o700 && chmod(path, 0o700) != 0 { throw CacheError(path: path, errno: errno) }
-        guard access(path, R_OK | W_OK | X_OK) == 0 else { throw CacheError(path: path, errno: errno) }
     }
 }
 

@@ -31,7 +31,7 @@ extension FileSystem {
                 let file = try overlayCall { () throws(OverlayError) in
                     flags & O_TRUNC != 0 ? try overlay.create(info.key) : try overlay.copyUp(info.key, from: info)
                 }
-                namespace.moved(parent: namespace.parent(of: ino), name: Self.name(of: info.key), to: namespace.parent(of: ino), Self.name(of: info.key), kind: .staged(key: info.key))
+                namespace.update(ino, kind: .staged(key: info.key))
                 handle = Handle(.staged(StagedHandle(file: file, writable: true)))
                 fi.pointee.keep_cache = 0
             case .file(let info):
@@ -300,7 +300,7 @@ extension FileSystem {
     /// Renames one file; returns whether its source was in the store (then copied and deleted there).
     private func renameFile(_ source: String, kind: EntryKind, to destination: String, overlay: Overlay) throws(FileError) -> Bool {
         if case .file(let info) = kind { _ = try writableOverlay(for: info.key, protectedBy: settings.allowDelete) }
-        let (parent, name) = Self.split(source)
+        let (parent, name) = NameRules.split(source)
         let inStore = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: parent, name: name) } != nil
         var sourceInfo: ObjectInfo?
         if case .file(let info) = kind { sourceInfo = info }
@@ -371,14 +371,6 @@ extension FileSystem {
         Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh))!).takeUnretainedValue()
     }
 
-    static func name(of key: String) -> String {
-        split(key).name
-    }
-
-    static func split(_ key: String) -> (parent: String, name: String) {
-        guard let slash = key.lastIndex(of: "/") else { return ("", key) }
-        return (String(key[...slash]), String(key[key.index(after: slash)...]))
-    }
 }
 
 /// An errno to reply with.

@@ -10,6 +10,12 @@ public enum NameRules {
             && !name.utf8.contains(UInt8(ascii: "/"))
     }
 
+    /// `("a/b/", "c")` for the key `"a/b/c"`: the directory prefix a key lives in, and its name there.
+    public static func split(_ key: String) -> (parent: String, name: String) {
+        guard let slash = key.lastIndex(of: "/") else { return ("", key) }
+        return (String(key[...slash]), String(key[key.index(after: slash)...]))
+    }
+
     /// The N of a directory named `checkpoint-N` (the form Hugging Face's `get_last_checkpoint` matches).
     public static func checkpointNumber<S: StringProtocol>(_ name: S) -> Int? {
         guard name.hasPrefix("checkpoint-") else { return nil }

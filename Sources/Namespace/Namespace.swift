@@ -144,8 +144,8 @@ public final class Namespace: Sendable {
     public func kind(of ino: UInt64) throws(NamespaceError) -> EntryKind {
         guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
         guard case .staged(let key) = kind, overlay?.stagedAttributes(key: key) == nil else { return kind }
-        let slash = key.lastIndex(of: "/").map { key.index(after: $0) } ?? key.startIndex
-        guard case .present(let current) = overlay?.change(in: String(key[..<slash]), name: String(key[slash...])) else {
+        let (parent, name) = NameRules.split(key)
+        guard case .present(let current) = overlay?.change(in: parent, name: name) else {
             throw .notFound
         }
         table.withLock { $0.inodes[ino]?.kind = current }
@@ -183,6 +183,11 @@ public final class Namespace: Sendable {
         }
     }
 
+    /// Records that inode `ino` now stands for `kind` (a file copied up into the overlay).
+    public func update(_ ino: UInt64, kind: EntryKind) {
+        table.withLock { $0.inodes[ino]?.kind = kind }
+    }
+
     /// After a directory rename from `old` to `new` (both ending in `/`): every inode below `old` (the kernel
     /// keeps them across a rename) now names the same entry below `new`.
     public func rekey(from old: String, to new: String) {
@@ -199,8 +204,8 @@ public final class Namespace: Sendable {
                     kind = .staged(key: key)
                 case .file(let info):
                     guard let key = moved(info.key) else { continue }
-                    let slash = key.lastIndex(of: "/").map { key.index(after: $0) } ?? key.startIndex
-                    if case .present(let current) = overlay?.change(in: String(key[..<slash]), name: String(key[slash...])) {
+                    let (parent, name) = NameRules.split(key)
+                    if case .present(let current) = overlay?.change(in: parent, name: name) {
                         kind = current
                     } else {
                         kind = .file(ObjectInfo(key: key, size: info.size, modified: info.modified, etag: info.etag))

@@ -135,8 +135,8 @@ public struct OverlayError: Error, CustomStringConvertible, Sendable {
     public let description: String
     public let errno: Int32
 
-    init(path: String, errno code: Int32) {
-        description = "staging \(path): \(String(cString: strerror(code)))"
+    init(path: String, errno code: Int32, reason: String? = nil) {
+        description = "staging \(path): \(reason ?? String(cString: strerror(code)))"
         errno = code
     }
 }

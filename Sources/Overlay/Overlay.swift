@@ -291,7 +291,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// Removes a directory; `existsRemotely` says whether the store lists it (it must then be hidden).
     public func rmdir(_ prefix: String, existsRemotely: Bool) {
         monitor.withLock {
-            let (parent, name) = Self.split(String(prefix.dropLast()))
+            let (parent, name) = NameRules.split(String(prefix.dropLast()))
             if existsRemotely {
                 tree[parent, default: [:]][name] = .removed
             } else {
@@ -312,7 +312,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             try journal.append([.forgot(key)] + (inStore ? [.delete(id: id, key: key)] : []))
             written.remove(key)
             if let file = staged.removeValue(forKey: key) { discardLocked(file) }
-            let (parent, name) = Self.split(key)
+            let (parent, name) = NameRules.split(key)
             if inStore {
                 tree[parent, default: [:]][name] = .removed
                 pending.append(Operation(id: id, kind: .delete(key)))
@@ -358,7 +358,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         if let old = staged[destination] { discardLocked(old) }
         file.key = destination
         staged[destination] = file
-        let (parent, name) = Self.split(source)
+        let (parent, name) = NameRules.split(source)
         tree[parent]?.removeValue(forKey: name)
         insertLocked(destination, .present(.staged(key: destination)))
         if let queued { pending.removeAll { $0.id == queued } }
@@ -381,7 +381,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         ])
         written.insert(destination)
         written.remove(source)
-        let (parent, name) = Self.split(source)
+        let (parent, name) = NameRules.split(source)
         if case .present(.file(let info)) = tree[parent]?[name] {
             insertLocked(destination, .present(.file(info)))
         } else if let sourceInfo {
@@ -493,7 +493,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 // Until now the destination was read from the source object; from here on from the copy.
                 monitor.withLock {
                     uploadedKeys.insert(destination)
-                    let (parent, name) = Self.split(destination)
+                    let (parent, name) = NameRules.split(destination)
                     if case .present(.file(let old)) = tree[parent]?[name], old.key == source {
                         insertLocked(destination, .present(.file(ObjectInfo(key: destination, size: old.size, modified: old.modified, etag: etag))))
                     }
@@ -574,11 +574,11 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             }
         }
         pending = operations.sorted { $0.0 < $1.0 }.map(\.1)
-        for name in Self.listFiles(filesDirectory) {
+        for name in PrivateDirectory.names(in: filesDirectory) {
             if let id = UInt64(name) { nextID = max(nextID, id + 1) }
         }
         let uploaded = Set(puts.filter { done.contains($0.key) }.map { String($0.value.file) })
-        for name in Self.listFiles(filesDirectory) where !claimed.contains("\(filesDirectory)/\(name)") {
+        for name in PrivateDirectory.names(in: filesDirectory) where !claimed.contains("\(filesDirectory)/\(name)") {
             let path = "\(filesDirectory)/\(name)"
             if uploaded.contains(name) {
                 Glibc.unlink(path)
@@ -594,11 +594,11 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     /// Records `change` for `key` and makes its ancestor directories visible. Call with the monitor held.
     private func insertLocked(_ key: String, _ change: OverlayChange) {
-        var (parent, name) = Self.split(key)
+        var (parent, name) = NameRules.split(key)
         tree[parent, default: [:]][name] = change
         while parent.count > configuration.rootPrefix.count {
             let directory = parent
-            (parent, name) = Self.split(String(directory.dropLast()))
+            (parent, name) = NameRules.split(String(directory.dropLast()))
             if case .present = tree[parent]?[name] { break }
             tree[parent, default: [:]][name] = .present(.directory(prefix: directory))
         }
@@ -615,11 +615,6 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         releaseChargeLocked(file)
     }
 
-    /// `("a/b/", "c")` for `"a/b/c"`.
-    static func split(_ key: String) -> (parent: String, name: String) {
-        guard let slash = key.lastIndex(of: "/") else { return ("", key) }
-        return (String(key[...slash]), String(key[key.index(after: slash)...]))
-    }
 
     static func checksum(fd: Int32, size: Int64) -> UInt64 {
         var hasher = XXH64()
@@ -661,24 +656,12 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
     }
 
-    private static func listFiles(_ path: String) -> [String] {
-        guard let dir = opendir(path) else { return [] }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
-
-    /// Creates `path` and its parents with mode 0700 (tightening an existing one) and checks access.
+    /// Creates the staging directory `path` (see `PrivateDirectory`).
     public static func makePrivateDirectory(_ path: String) throws(OverlayError) {
-        var current = ""
-        for part in path.split(separator: "/") {
-            current += "/" + part
-            if Glibc.mkdir(current, 0o700) != 0 && errno != EEXIST { throw OverlayError(path: current, errno: errno) }
+        do throws(PrivateDirectory.Failure) {
+            try PrivateDirectory.prepare(path)
+        } catch {
+            throw OverlayError(path: error.path, errno: error.errno, reason: error.reason)
         }
-        guard chmod(path, 0o700) == 0, access(path, R_OK | W_OK | X_OK) == 0 else { throw OverlayError(path: path, errno: errno) }
     }
 }
