@@ -57,6 +57,12 @@ public final class BlockCache: Sendable {
         }
     }
 
+    /// Opens a cached block ahead of its reader (on a pool thread): its checksum is then verified and its
+    /// file in the page cache, so the reader's own `open` does neither. No-op when absent.
+    public func prepare(_ key: BlockKey) {
+        _ = open(key)
+    }
+
     /// Opens a cached block for reading, verifying its checksum on first use in this process.
     /// Returns nil when the block is absent or was corrupt (and has now been dropped).
     public func open(_ key: BlockKey) -> OpenFile? {
@@ -74,7 +80,8 @@ public final class BlockCache: Sendable {
         let file = OpenFile(fd: fd)
         if entry.verified { return file }
         var info = stat()
-        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        // Small enough for malloc's arenas (no fresh zeroed pages per block) and the L2 cache.
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 4096)
         defer { scratch.deallocate() }
         guard fstat(fd, &info) == 0, let trailer = BlockFile.readTrailer(fd: fd, fileSize: Int64(info.st_size)),
             trailer.objectTag == key.object.low, BlockFile.verify(fd: fd, trailer: trailer, scratch: scratch)

@@ -30,6 +30,8 @@ public final class CachedObject: @unchecked Sendable {
     /// Blocks known to be in the disk cache: lets read-ahead decisions skip the cache's index (a hint;
     /// an evicted block is found missing, and fetched, when read).
     private var stored: [Bool]
+    /// Stored blocks already handed to `BlockCache.prepare` by the read-ahead.
+    private var hinted: [Bool]
     /// Stored blocks kept in memory because no reader has reached their end yet.
     private var retained: [Int] = []
     private static let retainedBlocks = 4
@@ -72,6 +74,7 @@ public final class CachedObject: @unchecked Sendable {
         self.context = context
         id = ObjectID(store: store.identity, key: info.key, etag: info.etag, blockSize: Int(blockSize))
         stored = Array(repeating: false, count: Int((info.size + blockSize - 1) / blockSize))
+        hinted = stored
     }
 
     private func blockLength(_ index: Int) -> Int64 {
@@ -168,6 +171,7 @@ public final class CachedObject: @unchecked Sendable {
         let half = Int((offset + (limit - offset) / 2) / blockSize)
         monitor.lock()
         defer { monitor.unlock() }
+        prepareStored(first...last)
         var frontier = first
         while frontier <= last && isPresentOrInFlight(frontier) { frontier += 1 }
         guard frontier <= last, frontier <= max(half, first) else { return }
@@ -181,6 +185,20 @@ public final class CachedObject: @unchecked Sendable {
             index += 1
         }
         if runStart <= last { startFetch(run: runStart..<(last + 1)) }
+    }
+
+    /// Prepares stored blocks of the read-ahead window on the fetch pool (read from disk, checksum
+    /// verified), so a warm sequential read finds the next blocks verified and in the page cache instead
+    /// of reading and hashing each one on the FUSE thread when it gets there. Call with the monitor held.
+    private func prepareStored(_ window: ClosedRange<Int>) {
+        var keys: [BlockKey] = []
+        for index in window where !hinted[index] && files[index] == nil && fills[index] == nil {
+            guard isPresentOrInFlight(index), fills[index] == nil else { continue }
+            hinted[index] = true
+            keys.append(BlockKey(object: id, index: index))
+        }
+        guard !keys.isEmpty else { return }
+        for key in keys { context.fetchers.submit { [cache] in cache.prepare(key) } }
     }
 
     /// Call with the monitor held.
