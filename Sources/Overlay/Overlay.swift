@@ -224,7 +224,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
         guard due else { return }
         let size = file.size
-        let checksum = Self.checksum(fd: file.file.fd, size: size)
+        let checksum = file.runningChecksum(size: size) ?? Self.checksum(fd: file.file.fd, size: size)
         try monitor.withLock { () throws(OverlayError) in
             guard file.writers == writers, file.generation == generation, staged[file.key] === file,
                 file.changes.load(ordering: .acquiring) == changes
@@ -260,8 +260,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
     }
 
-    /// Accounts for `file` shrinking (truncate) to `size` bytes.
+    /// Accounts for `file` having been truncated to `size` bytes (a no-op for the budget if it grew).
     public func shrink(_ file: StagedFile, to size: Int64) {
+        file.recordTruncate(to: size)
         monitor.withLock {
             guard size < file.charged else { return }
             charged -= file.charged - size
