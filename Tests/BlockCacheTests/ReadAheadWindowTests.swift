@@ -2,25 +2,34 @@ import Testing
 @testable import BlockCache
 
 @Suite struct ReadAheadWindowTests {
-    @Test func growsWhileSequentialUpToTheMaximum() {
-        var window = ReadAheadWindow(initial: 1 << 20, maximum: 8 << 20)
+    let mib: Int64 = 1 << 20
+
+    @Test func growsWithTheSequentialStreakUpToTheMaximum() {
+        var window = ReadAheadWindow(initial: 8 * mib, maximum: 32 * mib)
         var sizes: [Int64] = []
-        var offset: Int64 = 0
-        for _ in 0..<6 {
-            sizes.append(window.record(offset: offset, length: 128 << 10))
-            offset += 128 << 10
+        for index in Int64(0)..<40 {
+            sizes.append(window.record(offset: index * mib, length: mib))
         }
-        let mib: Int64 = 1 << 20
-        let expected: [Int64] = [2 * mib, 4 * mib, 8 * mib, 8 * mib, 8 * mib, 8 * mib]
+        let expected = (Int64(1)...40).map { streak in streak < 8 ? mib : min(streak, 32) * mib }
         #expect(sizes == expected)
     }
 
+    @Test func aRandomReadSplitIntoRequestsFetchesOnlyWhatItAsks() {
+        var window = ReadAheadWindow(initial: 8 * mib, maximum: 256 * mib)
+        for start: Int64 in [500 * mib, 20 * mib, 900 * mib] {
+            for part in Int64(0)..<4 {
+                #expect(window.record(offset: start + part * mib, length: mib) == mib)
+            }
+        }
+    }
+
     @Test func seekCollapsesToTheRequestAndSequentialRestarts() {
-        var window = ReadAheadWindow(initial: 1 << 20, maximum: 64 << 20)
-        _ = window.record(offset: 0, length: 4096)
-        _ = window.record(offset: 4096, length: 4096)
-        #expect(window.record(offset: 500 << 20, length: 4096) == 4096)
-        #expect(window.record(offset: 100 << 20, length: 4096) == 4096)
-        #expect(window.record(offset: (100 << 20) + 4096, length: 4096) == 1 << 20)
+        var window = ReadAheadWindow(initial: 2 * mib, maximum: 64 * mib)
+        for index in Int64(0)..<16 { _ = window.record(offset: index * mib, length: mib) }
+        #expect(window.size == 16 * mib)
+        #expect(window.record(offset: 500 * mib, length: 4096) == 4096)
+        #expect(window.record(offset: 100 * mib, length: mib) == mib)
+        #expect(window.record(offset: 101 * mib, length: mib) == 2 * mib)
+        #expect(window.record(offset: 102 * mib, length: mib) == 3 * mib)
     }
 }
