@@ -7,13 +7,13 @@ import TestSupport
 @Suite struct UploadHelperTests {
     @Test func partSizeStaysAtTheConfiguredSizeUpToTenThousandParts() {
         let options = UploadOptions()
-        #expect(options.effectivePartSize(for: 1 << 30) == 8 << 20)
-        #expect(options.effectivePartSize(for: (8 << 20) * 10_000) == 8 << 20)
+        #expect(options.effectivePartSize(for: 1 << 30) == 32 << 20)
+        #expect(options.effectivePartSize(for: (32 << 20) * 10_000) == 32 << 20)
     }
 
     @Test func partSizeGrowsInWholeMebibytesBeyondTenThousandParts() {
         let options = UploadOptions()
-        #expect(options.effectivePartSize(for: (8 << 20) * 10_000 + 1) == 9 << 20)
+        #expect(options.effectivePartSize(for: (32 << 20) * 10_000 + 1) == 33 << 20)
         let size: Int64 = 1 << 40
         let part = options.effectivePartSize(for: size)
         #expect(part % (1 << 20) == 0)
