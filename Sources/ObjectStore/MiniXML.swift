@@ -2,44 +2,57 @@
 ///
 /// It reports each element's text when the element closes, with the path of enclosing element names.
 /// Attributes, namespaces and processing instructions are skipped; entities and CDATA are decoded.
+///
+/// It scans bytes, not `Character`s: every delimiter it looks for is ASCII, which never occurs inside a
+/// multi-byte UTF-8 sequence, and grapheme-aware `String` scanning cost about 50 µs per listed key.
 enum MiniXML {
     struct Malformed: Error {}
 
+    private static let lessThan = UInt8(ascii: "<")
+    private static let greaterThan = UInt8(ascii: ">")
+    private static let ampersand = UInt8(ascii: "&")
+    private static let semicolon = UInt8(ascii: ";")
+    private static let slash = UInt8(ascii: "/")
+    private static let cdataStart = Array("<![CDATA[".utf8)
+    private static let cdataEnd = Array("]]>".utf8)
+    private static let commentStart = Array("<!--".utf8)
+    private static let commentEnd = Array("-->".utf8)
+
     static func parse(_ bytes: [UInt8], onElement: (_ path: [Substring], _ text: String) -> Void) throws(Malformed) {
-        let document = String(decoding: bytes, as: UTF8.self)
         var path: [Substring] = []
         var text = ""
-        var index = document.startIndex
-        while index < document.endIndex {
-            guard let open = document[index...].firstIndex(of: "<") else {
-                text += decodeEntities(document[index...])
+        var index = 0
+        while index < bytes.count {
+            guard let open = find(lessThan, in: bytes, from: index) else {
+                text += decodeEntities(bytes[index...])
                 break
             }
-            text += decodeEntities(document[index..<open])
-            let rest = document[open...]
-            if rest.hasPrefix("<![CDATA[") {
-                guard let end = rest.firstRange(of: "]]>") else { throw Malformed() }
-                text += rest[rest.index(open, offsetBy: 9)..<end.lowerBound]
-                index = end.upperBound
+            text += decodeEntities(bytes[index..<open])
+            if starts(bytes, with: cdataStart, at: open) {
+                guard let end = find(cdataEnd, in: bytes, from: open + cdataStart.count) else { throw Malformed() }
+                text += String(decoding: bytes[(open + cdataStart.count)..<end], as: UTF8.self)
+                index = end + cdataEnd.count
                 continue
             }
-            if rest.hasPrefix("<!--") {
-                guard let end = rest.firstRange(of: "-->") else { throw Malformed() }
-                index = end.upperBound
+            if starts(bytes, with: commentStart, at: open) {
+                guard let end = find(commentEnd, in: bytes, from: open + commentStart.count) else { throw Malformed() }
+                index = end + commentEnd.count
                 continue
             }
-            guard let close = rest.firstIndex(of: ">") else { throw Malformed() }
-            let inner = document[document.index(after: open)..<close]
-            index = document.index(after: close)
-            if inner.hasPrefix("?") || inner.hasPrefix("!") { continue }
-            if inner.hasPrefix("/") {
+            guard let close = find(greaterThan, in: bytes, from: open) else { throw Malformed() }
+            index = close + 1
+            let first = open + 1 < close ? bytes[open + 1] : 0
+            if first == UInt8(ascii: "?") || first == UInt8(ascii: "!") { continue }
+            if first == slash {
                 guard let last = path.popLast() else { throw Malformed() }
                 onElement(path + [last], text)
                 text = ""
             } else {
-                let selfClosing = inner.hasSuffix("/")
-                let body = selfClosing ? inner.dropLast() : inner
-                let name = body.prefix { $0 != " " && $0 != "\t" && $0 != "\n" && $0 != "\r" }
+                let selfClosing = close > open + 1 && bytes[close - 1] == slash
+                let bodyEnd = selfClosing ? close - 1 : close
+                var nameEnd = open + 1
+                while nameEnd < bodyEnd && !isSpace(bytes[nameEnd]) { nameEnd += 1 }
+                let name = Substring(String(decoding: bytes[(open + 1)..<nameEnd], as: UTF8.self))
                 text = ""
                 if selfClosing {
                     onElement(path + [name], "")
@@ -51,14 +64,17 @@ enum MiniXML {
         if !path.isEmpty { throw Malformed() }
     }
 
-    static func decodeEntities(_ raw: Substring) -> String {
-        guard raw.contains("&") else { return String(raw) }
+    static func decodeEntities(_ raw: ArraySlice<UInt8>) -> String {
+        guard var amp = raw.firstIndex(of: ampersand) else { return String(decoding: raw, as: UTF8.self) }
         var out = ""
-        var rest = raw
-        while let amp = rest.firstIndex(of: "&") {
-            out += rest[..<amp]
-            guard let semi = rest[amp...].firstIndex(of: ";") else { out += rest[amp...]; return out }
-            let entity = rest[rest.index(after: amp)..<semi]
+        var start = raw.startIndex
+        while true {
+            out += String(decoding: raw[start..<amp], as: UTF8.self)
+            guard let semi = raw[amp...].firstIndex(of: semicolon) else {
+                out += String(decoding: raw[amp...], as: UTF8.self)
+                return out
+            }
+            let entity = String(decoding: raw[(amp + 1)..<semi], as: UTF8.self)
             switch entity {
             case "amp": out += "&"
             case "lt": out += "<"
@@ -72,12 +88,40 @@ enum MiniXML {
                 } else if entity.hasPrefix("#") {
                     scalar = UInt32(entity.dropFirst(), radix: 10).flatMap(Unicode.Scalar.init)
                 }
-                if let scalar { out.unicodeScalars.append(scalar) } else { out += rest[amp...semi] }
+                if let scalar {
+                    out.unicodeScalars.append(scalar)
+                } else {
+                    out += String(decoding: raw[amp...semi], as: UTF8.self)
+                }
             }
-            rest = rest[rest.index(after: semi)...]
+            start = semi + 1
+            guard let next = raw[start...].firstIndex(of: ampersand) else { break }
+            amp = next
         }
-        out += rest
+        out += String(decoding: raw[start...], as: UTF8.self)
         return out
+    }
+
+    private static func find(_ byte: UInt8, in bytes: [UInt8], from start: Int) -> Int? {
+        bytes[start...].firstIndex(of: byte)
+    }
+
+    private static func find(_ pattern: [UInt8], in bytes: [UInt8], from start: Int) -> Int? {
+        var index = start
+        while let candidate = find(pattern[0], in: bytes, from: index) {
+            if starts(bytes, with: pattern, at: candidate) { return candidate }
+            index = candidate + 1
+        }
+        return nil
+    }
+
+    private static func starts(_ bytes: [UInt8], with pattern: [UInt8], at index: Int) -> Bool {
+        index + pattern.count <= bytes.count && bytes[index..<(index + pattern.count)].elementsEqual(pattern)
+    }
+
+    private static func isSpace(_ byte: UInt8) -> Bool {
+        byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") || byte == UInt8(ascii: "\n")
+            || byte == UInt8(ascii: "\r")
     }
 }
 

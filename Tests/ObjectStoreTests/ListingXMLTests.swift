@@ -52,6 +52,20 @@ import Testing
         #expect(page.commonPrefixes == ["x+y/"])
     }
 
+    @Test func keepsRawMultiByteTextAndSkipsCommentsAndDeclarations() throws {
+        let page = try parse(
+            """
+            <?xml version="1.0" encoding="UTF-8"?>
+            <ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><!-- a <comment> -->
+            <IsTruncated>false</IsTruncated>
+            <Contents><Key>ü/中文 &gt; é.bin</Key><LastModified>2026-01-01T00:00:00.123Z</LastModified><ETag>"e"</ETag><Size>7</Size></Contents>
+            <Contents><Key>unterminated &amp without semicolon</Key><LastModified>2026-01-01T00:00:00Z</LastModified><ETag>"f"</ETag><Size>0</Size></Contents>
+            </ListBucketResult>
+            """)
+        #expect(page.objects.map(\.key) == ["ü/中文 > é.bin", "unterminated &amp without semicolon"])
+        #expect(page.objects.first?.size == 7)
+    }
+
     @Test func rejectsTruncatedListingWithoutToken() {
         #expect(throws: StoreError.self) {
             try parse("<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>")
