@@ -5,21 +5,22 @@ import Overlay
 
 /// The daemon's control channel: a Unix socket in the user's private runtime directory (0700, socket 0600).
 /// One request line per connection, answered with one or more lines:
-/// `sync PATH` → `ok` or `failed KEY…` once nothing under PATH is queued; `status` → `key=value` lines.
+/// `sync PATH` → `ok` or `failed KEY…` once nothing under PATH is queued; `status` → `key=value` lines
+/// (`passthrough=1` when the kernel serves open staged files).
 public final class ControlServer: @unchecked Sendable {
     private let overlay: Overlay
-    private let cacheUsage: @Sendable () -> (bytes: Int64, capacity: Int64)
+    private let fileSystem: FileSystem
     private let rootPrefix: String
     private let path: String
     private let fd: Int32
     private let logger = Logger(label: "ckptfs.control")
 
     public init(
-        path: String, overlay: Overlay, rootPrefix: String, cacheUsage: @escaping @Sendable () -> (bytes: Int64, capacity: Int64)
+        path: String, overlay: Overlay, rootPrefix: String, fileSystem: FileSystem
     ) throws(MountError) {
         self.path = path
         self.overlay = overlay
-        self.cacheUsage = cacheUsage
+        self.fileSystem = fileSystem
         self.rootPrefix = rootPrefix
         unlink(path)
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -60,7 +61,8 @@ public final class ControlServer: @unchecked Sendable {
                 "queued=\(status.queued)", "queued_bytes=\(status.queuedBytes)", "in_flight=\(status.inFlight)",
                 "staged_files=\(status.stagedFiles)", "staged_bytes=\(status.stagedBytes)",
                 "failing=\(status.failing.count)", "abandoned=\(status.abandoned.count)",
-                "cache_bytes=\(cacheUsage().bytes)", "cache_capacity=\(cacheUsage().capacity)",
+                "cache_bytes=\(fileSystem.cacheUsage.bytes)", "cache_capacity=\(fileSystem.cacheUsage.capacity)",
+                "passthrough=\(fileSystem.passthrough.isEnabled ? 1 : 0)",
             ]
             lines += status.failing.map { "failing_key=\($0.key)\terror=\($0.error)" }
             lines += status.abandoned.map { "abandoned_file=\($0)" }

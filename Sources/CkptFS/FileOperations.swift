@@ -14,7 +14,7 @@ extension FileSystem {
         let writing = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
         do throws(FileError) {
             let kind = try namespaceCall { () throws(NamespaceError) in try namespace.kind(of: ino) }
-            let handle: Handle
+            let staged: StagedHandle
             switch kind {
             case .staged(let key):
                 guard let overlay, var file = overlay.stagedFile(key) else { throw FileError(ENOENT) }
@@ -24,32 +24,46 @@ extension FileSystem {
                     overlay.shrink(file, to: 0)
                     file.changes.add(1, ordering: .releasing)
                 }
-                handle = Handle(.staged(StagedHandle(file: file, writable: writing)))
-                fi.pointee.keep_cache = 0
-                fi.pointee.direct_io = Self.bypassesPageCache(flags) ? 1 : 0
+                staged = StagedHandle(file: file, writable: writing)
             case .file(let info) where writing:
                 let overlay = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite)
                 let file = try overlayCall { () throws(OverlayError) in
                     flags & O_TRUNC != 0 ? try overlay.create(info.key) : try overlay.copyUp(info.key, from: info)
                 }
                 namespace.update(ino, kind: .staged(key: info.key))
-                handle = Handle(.staged(StagedHandle(file: file, writable: true)))
-                fi.pointee.keep_cache = 0
-                fi.pointee.direct_io = Self.bypassesPageCache(flags) ? 1 : 0
+                staged = StagedHandle(file: file, writable: true)
             case .file(let info):
-                let object = registry.acquire(info)
-                let window = ReadAheadWindow(initial: settings.initialReadAhead, maximum: settings.maximumReadAhead)
-                handle = Handle(.remote(FileHandle(object: object, window: window)))
-                let previous = openedETags.withLock { $0.updateValue(info.etag, forKey: ino) }
-                fi.pointee.keep_cache = previous == info.etag ? 1 : 0
+                switch passthrough.begin(ino, staged: nil, starts: false) {
+                case .kernel(let backing, let file):
+                    // Uploaded meanwhile, but still open in passthrough: this open joins the staged file.
+                    reply(req, fi, Handle(.staged(StagedHandle(file: file, writable: false)), ino: ino, backing: backing))
+                case .daemon:
+                    let object = registry.acquire(info)
+                    let window = ReadAheadWindow(initial: settings.initialReadAhead, maximum: settings.maximumReadAhead)
+                    let previous = openedETags.withLock { $0.updateValue(info.etag, forKey: ino) }
+                    fi.pointee.keep_cache = previous == info.etag ? 1 : 0
+                    reply(req, fi, Handle(.remote(FileHandle(object: object, window: window)), ino: ino, backing: 0))
+                }
+                return
             case .directory: throw FileError(EISDIR)
             case .symlink: throw FileError(ELOOP)
             }
-            fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
-            if fuse_reply_open(req, fi) != 0 { release(nil, fi) }
+            var backing: Int32 = 0
+            if case .kernel(let id, _) = passthrough.begin(ino, staged: staged.file, starts: writing) { backing = id }
+            fi.pointee.keep_cache = 0
+            fi.pointee.direct_io = Self.bypassesPageCache(flags) ? 1 : 0
+            reply(req, fi, Handle(.staged(staged), ino: ino, backing: backing))
         } catch {
             fuse_reply_err(req, error.code)
         }
+    }
+
+    /// Answers OPEN with `handle` (in passthrough if it has a backing file); releases it if the open failed.
+    private func reply(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>, _ handle: Handle) {
+        fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
+        let failed = handle.backing != 0
+            ? ckptfs_reply_open_passthrough(req, fi.pointee.fh, handle.backing) : fuse_reply_open(req, fi)
+        if failed != 0 { release(nil, fi) }
     }
 
     func read(_ req: fuse_req_t?, _ size: Int, _ offset: Int64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
@@ -75,7 +89,9 @@ extension FileSystem {
 
     func release(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>) {
         let unmanaged = Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh))!)
-        switch unmanaged.takeUnretainedValue().content {
+        let handle = unmanaged.takeUnretainedValue()
+        passthrough.end(handle.ino, backing: handle.backing)
+        switch handle.content {
         case .remote(let handle):
             registry.release(handle.object)
         case .staged(let handle) where handle.writable:
@@ -121,11 +137,15 @@ extension FileSystem {
             }
             let attributes = try namespaceCall { () throws(NamespaceError) in try namespace.lookup(parent: parent, name: name) }
             var entry = self.entry(attributes)
-            let handle = Handle(.staged(StagedHandle(file: file, writable: true)))
+            var backing: Int32 = 0
+            if case .kernel(let id, _) = passthrough.begin(attributes.ino, staged: file, starts: true) { backing = id }
+            let handle = Handle(.staged(StagedHandle(file: file, writable: true)), ino: attributes.ino, backing: backing)
             fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
             fi.pointee.keep_cache = 0
             fi.pointee.direct_io = Self.bypassesPageCache(flags) ? 1 : 0
-            if fuse_reply_create(req, &entry, fi) != 0 { release(nil, fi) }
+            let failed = backing != 0
+                ? ckptfs_reply_create_passthrough(req, &entry, fi.pointee.fh, backing) : fuse_reply_create(req, &entry, fi)
+            if failed != 0 { release(nil, fi) }
         } catch {
             fuse_reply_err(req, error.code)
         }
@@ -166,17 +186,29 @@ extension FileSystem {
             let changesTimes = valid & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW) != 0
             switch kind {
             case .staged(let key):
-                guard let file = overlay?.stagedFile(key) else { throw FileError(ENOENT) }
+                guard let overlay, let current = overlay.stagedFile(key) else { throw FileError(ENOENT) }
+                var file = current
                 if changesContent {
+                    // As a writer would: a version that is uploading right now is left to its upload.
+                    file = try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current) }
                     let size = Int64(attr.st_size)
-                    try overlayCall { () throws(OverlayError) in try overlay?.reserve(file, growingTo: size) }
-                    if ftruncate(file.file.fd, off_t(size)) != 0 { throw FileError(Glibc.errno) }
-                    overlay?.shrink(file, to: size)
-                    file.changes.add(1, ordering: .releasing)
-                    try overlayCall { () throws(OverlayError) in try overlay?.contentChanged(file) }
+                    var failure: Int32 = 0
+                    do throws(OverlayError) {
+                        try overlay.reserve(file, growingTo: size)
+                        if ftruncate(file.file.fd, off_t(size)) == 0 {
+                            overlay.shrink(file, to: size)
+                            file.changes.add(1, ordering: .releasing)
+                        } else {
+                            failure = Glibc.errno
+                        }
+                    } catch {
+                        failure = error.errno
+                    }
+                    try overlayCall { () throws(OverlayError) in try overlay.releaseWriter(file) }
+                    if failure != 0 { throw FileError(failure) }
                 }
                 if changesTimes {
-                    overlay?.touch(file, modified: valid & FUSE_SET_ATTR_MTIME_NOW != 0 ? Int64(time(nil)) : Int64(attr.st_mtim.tv_sec))
+                    overlay.touch(file, modified: valid & FUSE_SET_ATTR_MTIME_NOW != 0 ? Int64(time(nil)) : Int64(attr.st_mtim.tv_sec))
                 }
             case .file(let info) where changesContent:
                 let overlay = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite)
@@ -200,8 +232,14 @@ extension FileSystem {
     }
 
     func flush(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>) {
-        if case .staged(let handle) = Self.handle(fi).content, handle.writable {
+        let open = Self.handle(fi)
+        if case .staged(let handle) = open.content, handle.writable {
             do throws(OverlayError) {
+                if open.backing != 0 {
+                    // The kernel wrote to the staged file without telling us: count it as changed.
+                    try overlay?.reserve(handle.file, growingTo: handle.file.size)
+                    handle.file.changes.add(1, ordering: .releasing)
+                }
                 try overlay?.flushWriter(handle.file)
             } catch {
                 logger.error("could not queue the upload", metadata: ["key": "\(handle.file.key)", "error": "\(error)"])

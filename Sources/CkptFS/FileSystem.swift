@@ -49,6 +49,9 @@ public final class FileSystem: Sendable {
     let mountTime: Int64
     /// ETag each file had when last opened: the kernel page cache is kept across opens only while it matches.
     let openedETags = Mutex<[UInt64: String]>([:])
+    /// Serves open staged files in the kernel where it can. Not with a staging budget: the daemon must
+    /// then see every write to count it.
+    let passthrough: Passthrough
     let logger = Logger(label: "ckptfs.fuse")
 
     public init(namespace: Namespace, registry: ObjectRegistry, cache: BlockCache, overlay: Overlay?, settings: Settings) {
@@ -57,6 +60,7 @@ public final class FileSystem: Sendable {
         self.registry = registry
         self.cache = cache
         self.settings = settings
+        passthrough = Passthrough(wanted: overlay.map { $0.configuration.stagingLimit == .max } ?? false)
         mountTime = Int64(time(nil))
     }
 

@@ -40,6 +40,16 @@ public final class FuseSession {
             userdata.release()
             throw MountError("cannot mount on \(mountpoint) (is /dev/fuse usable and fusermount3 installed?)")
         }
+        let device = fuse_session_fd(session)
+        fileSystem.passthrough.attach(device: device)
+        var io = Self.deviceIO()
+        guard fuse_session_custom_io(session, &io, device) == 0 else {
+            fuse_session_unmount(session)
+            fuse_remove_signal_handlers(session)
+            fuse_session_destroy(session)
+            userdata.release()
+            throw MountError("cannot set up the FUSE device")
+        }
         raiseReadAhead()
     }
 
@@ -55,6 +65,27 @@ public final class FuseSession {
         fuse_session_destroy(session)
         userdata.release()
         return status
+    }
+
+    /// Plain reads and writes of /dev/fuse, through which `Passthrough` sees INIT and answers it (libfuse
+    /// copies the table). The userdata libfuse passes is the session's, the `FileSystem`.
+    private static func deviceIO() -> fuse_custom_io {
+        var io = fuse_custom_io()
+        io.read = { fd, buffer, length, userdata in
+            let count = Glibc.read(fd, buffer, length)
+            if count > 0, let buffer, let userdata {
+                Unmanaged<FileSystem>.fromOpaque(userdata).takeUnretainedValue().passthrough
+                    .inspect(buffer, length: count)
+            }
+            return count
+        }
+        io.writev = { fd, iov, count, userdata in
+            if let iov, let userdata {
+                Unmanaged<FileSystem>.fromOpaque(userdata).takeUnretainedValue().passthrough.answer(iov, count: count)
+            }
+            return Glibc.writev(fd, iov, count)
+        }
+        return io
     }
 
     /// Raises the mount's backing-device read-ahead to 1 MiB so buffered reads arrive as 1 MiB requests.

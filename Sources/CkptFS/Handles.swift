@@ -3,7 +3,8 @@ import Namespace
 import Overlay
 import Synchronization
 
-/// What `fuse_file_info.fh` points to: a remote object being read, or a staged file.
+/// What `fuse_file_info.fh` points to: a remote object being read, or a staged file; and, for inode
+/// `ino`, the backing file from which the kernel serves its reads and writes (FUSE passthrough), or 0.
 final class Handle: Sendable {
     enum Content: Sendable {
         case remote(FileHandle)
@@ -11,8 +12,14 @@ final class Handle: Sendable {
     }
 
     let content: Content
+    let ino: UInt64
+    let backing: Int32
 
-    init(_ content: Content) { self.content = content }
+    init(_ content: Content, ino: UInt64, backing: Int32) {
+        self.content = content
+        self.ino = ino
+        self.backing = backing
+    }
 }
 
 /// State of one open remote file: the shared object reader and this handle's read-ahead window.

@@ -207,12 +207,6 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         try enqueueUpload(file, writers: 0)
     }
 
-    /// The content of a staged file changed without a writable handle (truncate by path): queue it again
-    /// unless a writer has it open (its close will).
-    public func contentChanged(_ file: StagedFile) throws(OverlayError) {
-        try enqueueUpload(file, writers: 0)
-    }
-
     /// Queues (journaled first) the upload of `file` if it has exactly `writers` writers and changed since
     /// its last queued upload. The checksum is computed without the lock; if a writer opened the file
     /// meanwhile, the upload is left to that writer's close.
@@ -224,7 +218,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
         guard due else { return }
         let size = file.size
-        let checksum = file.runningChecksum(size: size) ?? Self.checksum(fd: file.file.fd, size: size)
+        let checksum = file.runningChecksum(size: size) ?? ContentChecksum.of(fd: file.file.fd, size: size)
         try monitor.withLock { () throws(OverlayError) in
             guard file.writers == writers, file.generation == generation, staged[file.key] === file,
                 file.changes.load(ordering: .acquiring) == changes
@@ -552,7 +546,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 continue
             }
             let file = StagedFile(id: put.file, key: put.key, file: OpenFile(fd: fd), path: path)
-            guard file.size == put.size, Self.checksum(fd: fd, size: put.size) == put.checksum else {
+            guard file.size == put.size, ContentChecksum.of(fd: fd, size: put.size) == put.checksum else {
                 logger.error("staged file does not match its journal record; not uploading", metadata: ["key": "\(put.key)"])
                 continue
             }
@@ -616,22 +610,6 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         releaseChargeLocked(file)
     }
 
-
-    static func checksum(fd: Int32, size: Int64) -> UInt64 {
-        var hasher = XXH64()
-        let chunk = 1 << 20
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
-        defer { buffer.deallocate() }
-        var offset: Int64 = 0
-        while offset < size {
-            let n = pread(fd, buffer.baseAddress, Int(min(Int64(chunk), size - offset)), off_t(offset))
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            offset += Int64(n)
-        }
-        return hasher.finalize()
-    }
 
     private func copyContents(from source: Int32, to destination: Int32) -> Bool {
         let chunk = 1 << 20

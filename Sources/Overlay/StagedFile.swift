@@ -16,7 +16,7 @@ public final class StagedFile: @unchecked Sendable {
     var modified: Int64
     /// The queued or running upload of this version, if any.
     var upload: UInt64?
-    /// Size and XXH64 of the content as last closed (what its queued upload sends).
+    /// Size and `ContentChecksum` of the content as last closed (what its queued upload sends).
     var closed: (size: Int64, checksum: UInt64) = (0, 0)
     /// Counts changes to the content (writes, truncates); compared with `queuedChanges` to tell whether
     /// the queued upload is still current.
@@ -26,7 +26,7 @@ public final class StagedFile: @unchecked Sendable {
     var charged: Int64 = 0
     /// Counts opens for writing, so a release can tell that a writer came and went meanwhile.
     var generation: UInt64 = 0
-    /// XXH64 of the bytes written so far, while the file is written front to back.
+    /// Checksum of the bytes written so far, while the file is written front to back.
     private let running = Mutex(RunningChecksum())
 
     init(id: UInt64, key: String, file: OpenFile, path: String) {
@@ -50,7 +50,7 @@ public final class StagedFile: @unchecked Sendable {
         running.withLock { $0.truncate(to: size) }
     }
 
-    /// XXH64 of the first `size` bytes, if the writes so far covered exactly those bytes, in order.
+    /// `ContentChecksum` of the first `size` bytes, if the writes so far covered exactly those bytes, in order.
     func runningChecksum(size: Int64) -> UInt64? {
         running.withLock { $0.checksum(size: size) }
     }
@@ -62,12 +62,12 @@ public final class StagedFile: @unchecked Sendable {
     }
 }
 
-/// XXH64 of bytes `0..<end` of a staged file, extended by each write at `end`. A write anywhere else, or a
+/// `ContentChecksum` of bytes `0..<end` of a staged file, extended by each write at `end`. A write anywhere else, or a
 /// truncate that cuts into hashed bytes, makes it unusable until the file is truncated to zero again.
 /// A valid checksum is used only if the file's size is `end` when it is closed: bytes past `end` (from a
 /// truncate that grew the file, or a copy) were never hashed.
 struct RunningChecksum {
-    private var hasher = XXH64()
+    private var hasher = ContentChecksum()
     private var end: Int64 = 0
     private var valid = true
 

@@ -137,7 +137,7 @@ struct MountCommand: ParsableCommand {
             let socket = try Mountpoints.socketFile(for: plan.mountpoint)
             do throws(MountError) {
                 let fileSystem = plan.fileSystem
-                control = try ControlServer(path: socket, overlay: overlay, rootPrefix: plan.rootPrefix) { fileSystem.cacheUsage }
+                control = try ControlServer(path: socket, overlay: overlay, rootPrefix: plan.rootPrefix, fileSystem: fileSystem)
             } catch {
                 throw CLIError(error.description)
             }

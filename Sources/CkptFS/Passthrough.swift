@@ -1,0 +1,137 @@
+import CFuse
+import Glibc
+import Logging
+import Overlay
+import Synchronization
+
+/// FUSE passthrough for staged files (Linux 6.9 and later, root): an open staged file is backed by its
+/// staging file in the kernel, so its reads, writes and mmaps go straight to the local file system, with
+/// no round trip through this process. The daemon still sees open, flush, fsync, setattr and release.
+///
+/// libfuse 3.14 predates passthrough, so the session's device I/O is ours (`fuse_session_custom_io`):
+/// `inspect` notes whether the kernel's INIT offers it and `answer` turns libfuse's INIT reply into one
+/// that accepts it.
+///
+/// The kernel requires every open of an inode that has a passthrough open to be a passthrough open of the
+/// same backing file (else the open fails). `begin` and `end` track, per inode, the backing files handed
+/// out and how many handles use each, and how many daemon-served handles are open, which rule starting
+/// passthrough out. Releases reach the daemon after the kernel has let go of a handle, so this table
+/// holds at least what the kernel holds: an inode without a backing here has none in the kernel.
+final class Passthrough: Sendable {
+    /// How one open of an inode is served.
+    enum Mode {
+        /// In the kernel, from `file` (the staged file registered as backing file `backing`).
+        case kernel(backing: Int32, file: StagedFile)
+        /// By the daemon.
+        case daemon
+    }
+
+    private struct Backing {
+        let id: Int32
+        let file: StagedFile
+        var handles: Int
+    }
+
+    private struct Opens {
+        /// Newest last.
+        var backed: [UInt64: [Backing]] = [:]
+        var daemon: [UInt64: Int] = [:]
+    }
+
+    /// Backing files may sit on a stacked file system (overlayfs) themselves.
+    static let stackDepth: UInt32 = 2
+
+    private let wanted: Bool
+    private let device = Atomic<Int32>(-1)
+    private let offered = Atomic<Bool>(false)
+    private let answered = Atomic<Bool>(false)
+    private let enabled = Atomic<Bool>(false)
+    private let opens = Mutex(Opens())
+    private let logger = Logger(label: "ckptfs.passthrough")
+
+    /// `wanted`: whether this mount may use passthrough at all (a writable mount without a staging budget,
+    /// whose writes the daemon must otherwise count).
+    init(wanted: Bool) {
+        self.wanted = wanted
+    }
+
+    /// Whether opens of staged files are served in the kernel (after INIT).
+    var isEnabled: Bool { enabled.load(ordering: .acquiring) }
+
+    /// Sets the /dev/fuse descriptor the backing-file ioctls go to.
+    func attach(device fd: Int32) {
+        device.store(fd, ordering: .releasing)
+    }
+
+    /// Called with each request read from the device until INIT is answered.
+    func inspect(_ request: UnsafeRawPointer, length: Int) {
+        guard !answered.load(ordering: .relaxed) else { return }
+        if ckptfs_init_offers_passthrough(request, length) != 0 { offered.store(true, ordering: .relaxed) }
+    }
+
+    /// Called with each reply before it is written; the first is INIT's.
+    func answer(_ iov: UnsafeMutablePointer<iovec>, count: Int32) {
+        guard !answered.load(ordering: .relaxed) else { return }
+        answered.store(true, ordering: .relaxed)
+        guard wanted, offered.load(ordering: .relaxed) else { return }
+        if ckptfs_accept_passthrough(iov, count, Self.stackDepth) != 0 {
+            enabled.store(true, ordering: .releasing)
+            logger.info("staged files are served by FUSE passthrough")
+        }
+    }
+
+    /// Decides how a new open of inode `ino` is served. `staged` is the staged file the open would use
+    /// (nil for an object in the store). Only a writer (`starts`) puts an inode into passthrough; other
+    /// opens join it while it lasts, a store object reading the newest staged file, which holds the
+    /// same bytes. A staged file other than the one in use gets a backing file of its own: the kernel
+    /// accepts it if it has released the other meanwhile, and fails the open (`EBUSY`) otherwise. Balance
+    /// with `end`.
+    func begin(_ ino: UInt64, staged: StagedFile?, starts: Bool) -> Mode {
+        opens.withLock { opens in
+            let backed = opens.backed[ino] ?? []
+            if let index = backed.lastIndex(where: { staged == nil || $0.file === staged }) {
+                opens.backed[ino]![index].handles += 1
+                return .kernel(backing: backed[index].id, file: backed[index].file)
+            }
+            if let staged, starts || !backed.isEmpty, opens.daemon[ino, default: 0] == 0,
+                let id = register(staged)
+            {
+                opens.backed[ino, default: []].append(Backing(id: id, file: staged, handles: 1))
+                return .kernel(backing: id, file: staged)
+            }
+            opens.daemon[ino, default: 0] += 1
+            return .daemon
+        }
+    }
+
+    /// Ends an open that `begin` decided (`backing` 0 for a daemon-served one), once it is released or its
+    /// reply failed.
+    func end(_ ino: UInt64, backing: Int32) {
+        opens.withLock { opens in
+            guard backing != 0 else {
+                let remaining = opens.daemon[ino, default: 1] - 1
+                opens.daemon[ino] = remaining > 0 ? remaining : nil
+                return
+            }
+            guard var backed = opens.backed[ino], let index = backed.firstIndex(where: { $0.id == backing }) else { return }
+            backed[index].handles -= 1
+            if backed[index].handles == 0 {
+                ckptfs_backing_close(device.load(ordering: .acquiring), UInt32(backing))
+                backed.remove(at: index)
+            }
+            opens.backed[ino] = backed.isEmpty ? nil : backed
+        }
+    }
+
+    /// Registers `file` as a backing file; nil (and passthrough off for good) if the kernel refuses.
+    private func register(_ file: StagedFile) -> Int32? {
+        guard enabled.load(ordering: .acquiring) else { return nil }
+        let id = ckptfs_backing_open(device.load(ordering: .acquiring), file.file.fd)
+        if id > 0 { return id }
+        let code = errno
+        logger.warning("FUSE passthrough unavailable, staged files are served by the daemon",
+            metadata: ["error": "\(String(cString: strerror(code)))"])
+        enabled.store(false, ordering: .releasing)
+        return nil
+    }
+}

@@ -1,0 +1,117 @@
+"""Staged files served by FUSE passthrough: the kernel reads and writes them in their staging files, and
+every way of writing a file through the mount still lands byte-exact in the bucket."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import mmap
+import os
+import platform
+import uuid
+
+import pytest
+
+from support import run
+from test_overlay import bucket_hashes, sha, sync
+
+
+@pytest.fixture
+def bucket(moto_client):
+    name = f"pt-{uuid.uuid4().hex[:8]}"
+    moto_client.create_bucket(Bucket=name)
+    return name
+
+
+def kernel_offers_passthrough() -> bool:
+    """Linux >= 6.9 built with CONFIG_FUSE_PASSTHROUGH, and root (backing files need CAP_SYS_ADMIN)."""
+    major, minor = (int(part) for part in platform.release().split(".")[:2])
+    try:
+        with gzip.open("/proc/config.gz", "rt") as config:
+            built = "CONFIG_FUSE_PASSTHROUGH=y\n" in config.read()
+    except OSError:
+        built = False
+    return (major, minor) >= (6, 9) and built and os.geteuid() == 0
+
+
+def status(ckptfs_bin, env, mnt) -> dict:
+    result = run([ckptfs_bin, "status", "--json", mnt], env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_status_says_passthrough_exactly_where_the_kernel_offers_it(mounter, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    assert status(ckptfs_bin, moto_env, mnt)["passthrough"] == int(kernel_offers_passthrough())
+
+
+def test_a_staging_budget_keeps_writes_in_the_daemon_to_count_them(mounter, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}", args=["--staging-size", "64M"]).mountpoint
+    assert status(ckptfs_bin, moto_env, mnt)["passthrough"] == 0
+
+
+def test_a_reader_opened_while_a_file_is_written_sees_every_byte_so_far(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    first, second = os.urandom(3 << 20), os.urandom(1 << 20)
+    writer = os.open(mnt / "w.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        assert os.write(writer, first) == len(first)
+        reader = os.open(mnt / "w.bin", os.O_RDONLY)
+        try:
+            assert os.pread(reader, len(first) + 10, 0) == first
+            assert os.write(writer, second) == len(second)
+            assert os.stat(mnt / "w.bin").st_size == len(first) + len(second)
+            assert os.pread(reader, len(second), len(first)) == second
+        finally:
+            os.close(reader)
+    finally:
+        os.close(writer)
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {"w.bin": sha(first + second)}
+
+
+def test_mmap_writes_appends_and_truncates_land_in_the_bucket(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    body = bytearray(os.urandom(5 << 20))
+    with open(mnt / "m.bin", "w+b") as f:
+        f.truncate(len(body))
+        with mmap.mmap(f.fileno(), len(body)) as mapped:
+            mapped[:] = body
+            mapped.flush()
+    with open(mnt / "m.bin", "ab") as f:
+        f.write(b"tail")
+    body += b"tail"
+    os.truncate(mnt / "m.bin", 4 << 20)  # by path, with no handle open
+    del body[4 << 20:]
+    with open(mnt / "m.bin", "r+b") as f:
+        f.seek(100)
+        f.write(b"patched")
+    body[100:107] = b"patched"
+    assert (mnt / "m.bin").read_bytes() == body
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {"m.bin": sha(bytes(body))}
+
+
+def test_rewriting_an_object_that_is_open_for_reading_works(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    old, new = os.urandom(2 << 20), os.urandom(1 << 20)
+    moto_client.put_object(Bucket=bucket, Key="r.bin", Body=old)
+    mnt = mounter.mount(f"s3://{bucket}", args=["--allow-overwrite"]).mountpoint
+    with open(mnt / "r.bin", "rb") as reader:
+        assert reader.read(1000) == old[:1000]
+        with open(mnt / "r.bin", "wb") as writer:  # the reader keeps the inode in the daemon's hands
+            writer.write(new)
+    assert (mnt / "r.bin").read_bytes() == new
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {"r.bin": sha(new)}
+
+
+def test_reopening_a_closed_file_while_it_uploads_keeps_both_versions_right(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    first = os.urandom(48 << 20)  # multipart: the upload is still running when the file is reopened
+    (mnt / "v.bin").write_bytes(first)
+    with open(mnt / "v.bin", "r+b") as f:
+        f.write(b"second version")
+    expected = b"second version" + first[len(b"second version"):]
+    assert (mnt / "v.bin").read_bytes() == expected
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {"v.bin": sha(expected)}
