@@ -57,10 +57,36 @@ public final class BlockCache: Sendable {
         }
     }
 
-    /// Opens a cached block ahead of its reader (on a pool thread): its checksum is then verified and its
-    /// file in the page cache, so the reader's own `open` does neither. No-op when absent.
-    public func prepare(_ key: BlockKey) {
-        _ = open(key)
+    /// Reads a cached block whole into `buffer` with `O_DIRECT` where the file system allows it (no
+    /// page-cache copy) and verifies its checksum there. Returns the block's data length; nil when the
+    /// block is absent, or was corrupt (and has now been dropped).
+    public func load(_ key: BlockKey, into buffer: BlockBuffer) -> Int? {
+        guard let entry = state.withLock({ state -> Entry? in
+            state.clock += 1
+            state.entries[key]?.lastUse = state.clock
+            return state.entries[key]
+        }) else { return nil }
+        let path = path(for: key)
+        var fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | directIO)
+        if fd < 0 && errno == EINVAL { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) }
+        guard fd >= 0 else {
+            forget(key)
+            return nil
+        }
+        defer { close(fd) }
+        let image = UnsafeMutableRawBufferPointer(start: buffer.pointer, count: Int(entry.size))
+        guard image.count <= buffer.capacity, readFully(fd, image, at: 0),
+            let trailer = BlockFile.trailer(ofImage: UnsafeRawBufferPointer(image)), trailer.objectTag == key.object.low,
+            entry.verified
+                || XXH64.hash(UnsafeRawBufferPointer(rebasing: image[0..<Int(trailer.length)])) == trailer.checksum
+        else {
+            logger.warning("dropping corrupt cache block", metadata: ["file": "\(path)"])
+            unlink(path)
+            forget(key)
+            return nil
+        }
+        if !entry.verified { state.withLock { $0.entries[key]?.verified = true } }
+        return Int(trailer.length)
     }
 
     /// Opens a cached block for reading, verifying its checksum on first use in this process.

@@ -36,10 +36,21 @@ enum BlockFile {
         guard fileSize >= Int64(trailerSize) else { return nil }
         var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
         let ok = withUnsafeMutableBytes(of: &words) { readFully(fd, $0, at: fileSize - Int64(trailerSize)) }
-        guard ok, UInt64(littleEndian: words.0) == magic else { return nil }
-        let trailer = Trailer(
-            length: UInt64(littleEndian: words.1), checksum: UInt64(littleEndian: words.2),
-            objectTag: UInt64(littleEndian: words.3))
+        guard ok else { return nil }
+        return withUnsafeBytes(of: &words) { trailer(UnsafeRawBufferPointer($0), fileSize: fileSize) }
+    }
+
+    /// The trailer of a whole file image held in memory (`image` is the file's bytes).
+    static func trailer(ofImage image: UnsafeRawBufferPointer) -> Trailer? {
+        guard image.count >= trailerSize else { return nil }
+        return trailer(UnsafeRawBufferPointer(rebasing: image[(image.count - trailerSize)...]), fileSize: Int64(image.count))
+    }
+
+    /// Parses the 32 trailer bytes of a file of `fileSize` bytes; nil unless they describe that file.
+    private static func trailer(_ bytes: UnsafeRawBufferPointer, fileSize: Int64) -> Trailer? {
+        func word(_ index: Int) -> UInt64 { UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self)) }
+        guard word(0) == magic else { return nil }
+        let trailer = Trailer(length: word(1), checksum: word(2), objectTag: word(3))
         guard trailer.length <= UInt64(fileSize) - UInt64(trailerSize),
             Self.fileSize(length: Int(trailer.length)) == Int(fileSize)
         else { return nil }

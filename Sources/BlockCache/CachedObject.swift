@@ -10,7 +10,9 @@ import ObjectStore
 /// GET fills as data arrives. A run of consecutive missing blocks is fetched with one GET. A completed
 /// block stays readable from memory until it is both stored on disk (by the cache writer, bypassing the
 /// page cache) and read to its end, so a sequential reader behind the GET never reads back from disk;
-/// at most `retainedBlocks` such blocks are kept per object.
+/// at most `retainedBlocks` such blocks are kept per object. Stored blocks just ahead of a reader are
+/// loaded the same way: read whole into a block buffer (bypassing the page cache), verified there, and
+/// served from memory.
 public final class CachedObject: @unchecked Sendable {
     public let key: String
     public let etag: String
@@ -30,11 +32,14 @@ public final class CachedObject: @unchecked Sendable {
     /// Blocks known to be in the disk cache: lets read-ahead decisions skip the cache's index (a hint;
     /// an evicted block is found missing, and fetched, when read).
     private var stored: [Bool]
-    /// Stored blocks already handed to `BlockCache.prepare` by the read-ahead.
+    /// Stored blocks the read-ahead has already loaded (or is loading) into memory.
     private var hinted: [Bool]
     /// Stored blocks kept in memory because no reader has reached their end yet.
     private var retained: [Int] = []
-    private static let retainedBlocks = 4
+    private static let retainedBlocks = 8
+    /// How many stored blocks from a reader's position on are loaded into memory ahead of it (fewer
+    /// than `retainedBlocks`, so loading one never drops the block being read).
+    private static let loadedAhead = 6
 
     /// A block being fetched. `filled`, `wakeAt`, `buffer` and `error` are guarded by the object's monitor;
     /// `hasher` belongs to the fetching thread. Readers wait on `arrived`, which is signalled only once
@@ -187,18 +192,50 @@ public final class CachedObject: @unchecked Sendable {
         if runStart <= last { startFetch(run: runStart..<(last + 1)) }
     }
 
-    /// Prepares stored blocks of the read-ahead window on the fetch pool (read from disk, checksum
-    /// verified), so a warm sequential read finds the next blocks verified and in the page cache instead
-    /// of reading and hashing each one on the FUSE thread when it gets there. Call with the monitor held.
+    /// Loads the stored blocks at the start of the read-ahead window into memory on the fetch pool (read
+    /// whole from disk, checksum verified), so a warm sequential reader is served from block buffers like
+    /// a cold one, instead of reading and hashing each block through the page cache on the FUSE thread.
+    /// Call with the monitor held.
     private func prepareStored(_ window: ClosedRange<Int>) {
-        var keys: [BlockKey] = []
-        for index in window where !hinted[index] && files[index] == nil && fills[index] == nil {
-            guard isPresentOrInFlight(index), fills[index] == nil else { continue }
+        let last = min(window.upperBound, window.lowerBound + Self.loadedAhead - 1)
+        for index in window.lowerBound...last where !hinted[index] && files[index] == nil && fills[index] == nil {
+            guard isPresentOrInFlight(index) else { continue }
             hinted[index] = true
-            keys.append(BlockKey(object: id, index: index))
+            let fill = BlockFill(index: index, length: blockLength(index))
+            fill.stored = true
+            fills[index] = fill
+            context.fetchers.submit { [self] in load(fill) }
         }
-        guard !keys.isEmpty else { return }
-        for key in keys { context.fetchers.submit { [cache] in cache.prepare(key) } }
+    }
+
+    /// Runs on the fetch pool: fills `fill` from its cache file, or, if that is gone or corrupt, from the store.
+    private func load(_ fill: BlockFill) {
+        let buffer = context.buffers.take()
+        guard cache.load(BlockKey(object: id, index: fill.index), into: buffer) == Int(fill.length) else {
+            monitor.withLock {
+                fill.stored = false
+                stored[fill.index] = false
+            }
+            let start = Int64(fill.index) * blockSize
+            fetch(range: start..<(start + fill.length), fills: [fill])
+            return
+        }
+        monitor.withLock {
+            fill.buffer = buffer
+            fill.filled = fill.length
+            fill.wakeAt = .max
+            retain(fill)
+        }
+        fill.arrived.broadcast()
+    }
+
+    /// Keeps a stored block in memory for the reader that has not reached its end, dropping the oldest
+    /// beyond `retainedBlocks`. Call with the monitor held.
+    private func retain(_ fill: BlockFill) {
+        retained.append(fill.index)
+        while retained.count > Self.retainedBlocks {
+            if let oldest = fills[retained.removeFirst()] { drop(oldest) }
+        }
     }
 
     /// Call with the monitor held.
@@ -288,10 +325,7 @@ public final class CachedObject: @unchecked Sendable {
                 if fill.consumed {
                     drop(fill)
                 } else {
-                    retained.append(fill.index)
-                    while retained.count > Self.retainedBlocks, let oldest = fills[retained.removeFirst()] {
-                        drop(oldest)
-                    }
+                    retain(fill)
                 }
             }
         }

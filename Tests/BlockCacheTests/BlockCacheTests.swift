@@ -81,6 +81,31 @@ import TestSupport
         #expect(access(path, F_OK) != 0)
     }
 
+    @Test func loadsAVerifiedBlockIntoMemoryAndDropsACorruptOne() throws {
+        let scratch = ScratchDirectory()
+        let good = BlockKey(object: object, index: 0)
+        let bad = BlockKey(object: object, index: 1)
+        var badPath = ""
+        do {
+            let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+            try store(cache, good, pattern(5000))
+            try store(cache, bad, pattern(7000))
+            badPath = cache.path(for: bad)
+        }
+        let fd = open(badPath, O_WRONLY)
+        var byte: UInt8 = 0xFF
+        pwrite(fd, &byte, 1, 6999)
+        close(fd)
+        let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        let buffer = pool.take()
+        #expect(reopened.load(good, into: buffer) == 5000)
+        #expect(Array(UnsafeRawBufferPointer(start: buffer.pointer, count: 5000)) == pattern(5000))
+        #expect(reopened.load(bad, into: buffer) == nil)
+        #expect(!reopened.contains(bad))
+        #expect(access(badPath, F_OK) != 0)
+        #expect(reopened.load(BlockKey(object: object, index: 2), into: buffer) == nil)
+    }
+
     @Test func deletesLeftoverTemporaryFilesAtStart() throws {
         let scratch = ScratchDirectory()
         let key = BlockKey(object: object, index: 0)

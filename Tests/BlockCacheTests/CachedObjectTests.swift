@@ -79,6 +79,30 @@ import TestSupport
         #expect(store.gets.load(ordering: .relaxed) == gets)
     }
 
+    @Test func aCorruptStoredBlockAheadOfAReaderIsFetchedAgainAndServedRight() throws {
+        let scratch = ScratchDirectory()
+        let data = pattern(Int(blockSize) * 4)
+        let store = CountingStore(objects: ["obj": data])
+        let cache = try BlockCache(directory: scratch.path, capacity: 64 << 20)
+        let registry = makeRegistry(store, cache)
+        let first = registry.acquire(try store.head(key: "obj"))
+        _ = try read(first, 0, data.count, prefetch: Int64(data.count))
+        registry.flush()
+        let fd = open(cache.path(for: BlockKey(object: first.id, index: 2)), O_WRONLY)
+        var byte: UInt8 = 0xFF
+        pwrite(fd, &byte, 1, 100)
+        close(fd)
+        let gets = store.gets.load(ordering: .relaxed)
+        // A new cache over the same directory has verified nothing yet, like a remount.
+        let warm = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
+        var copy: [UInt8] = []
+        for offset in stride(from: 0, to: data.count, by: 16_384) {
+            copy += try read(warm, Int64(offset), 16_384, prefetch: Int64(data.count - offset))
+        }
+        #expect(copy == data)
+        #expect(store.gets.load(ordering: .relaxed) == gets + 1)
+    }
+
     @Test func sequentialWindowFetchesARunWithOneGet() throws {
         let scratch = ScratchDirectory()
         let store = CountingStore(objects: ["obj": pattern(Int(blockSize) * 6)])
