@@ -52,6 +52,8 @@ public final class FileSystem: Sendable {
     /// Serves open staged files in the kernel where it can. Not with a staging budget: the daemon must
     /// then see every write to count it.
     let passthrough: Passthrough
+    /// The kernel reads directories without OPENDIR once told so (it supports `no_opendir`).
+    let skipsOpendir = Atomic<Bool>(false)
     let logger = Logger(label: "ckptfs.fuse")
 
     public init(namespace: Namespace, registry: ObjectRegistry, cache: BlockCache, overlay: Overlay?, settings: Settings) {

@@ -13,6 +13,9 @@ func makeOperations(writable: Bool) -> fuse_lowlevel_ops {
 
     ops.`init` = { userdata, conn in
         guard let conn else { return }
+        if conn.pointee.capable & UInt32(FUSE_CAP_NO_OPENDIR_SUPPORT) != 0, let userdata {
+            Unmanaged<FileSystem>.fromOpaque(userdata).takeUnretainedValue().skipsOpendir.store(true, ordering: .relaxed)
+        }
         // Large kernel read-ahead: together with the BDI setting this yields 1 MiB read requests.
         conn.pointee.max_readahead = 1 << 20
         conn.pointee.max_background = 64
@@ -90,33 +93,26 @@ func makeOperations(writable: Bool) -> fuse_lowlevel_ops {
         }
     }
 
-    ops.opendir = { req, ino, fi in
-        let fs = FileSystem.from(req)
-        do throws(NamespaceError) {
-            let entries = try fs.namespace.entries(ino)
-            let handle = DirectoryHandle(ino: ino, parent: fs.namespace.parent(of: ino), entries: entries)
-            fi!.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
-            fi!.pointee.cache_readdir = 0
-            if fuse_reply_open(req, fi) != 0 {
-                Unmanaged<DirectoryHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).release()
-            }
-        } catch {
-            fuse_reply_err(req, FileSystem.errno(error))
+    // Directories need no open state (READDIR offsets are name cookies, see `DirectoryOrder`): where the
+    // kernel allows it, OPENDIR answers ENOSYS once and the kernel sends neither OPENDIR nor RELEASEDIR again.
+    ops.opendir = { req, _, fi in
+        if FileSystem.from(req).skipsOpendir.load(ordering: .relaxed) {
+            fuse_reply_err(req, ENOSYS)
+        } else {
+            fi!.pointee.fh = 0
+            fuse_reply_open(req, fi)
         }
     }
 
-    ops.readdir = { req, _, size, offset, fi in
-        FileSystem.from(req).readdir(req: req, size: size, offset: Int64(offset), fi: fi!, plus: false)
+    ops.readdir = { req, ino, size, offset, _ in
+        FileSystem.from(req).readdir(req: req, ino: ino, size: size, offset: UInt64(offset), plus: false)
     }
 
-    ops.readdirplus = { req, _, size, offset, fi in
-        FileSystem.from(req).readdir(req: req, size: size, offset: Int64(offset), fi: fi!, plus: true)
+    ops.readdirplus = { req, ino, size, offset, _ in
+        FileSystem.from(req).readdir(req: req, ino: ino, size: size, offset: UInt64(offset), plus: true)
     }
 
-    ops.releasedir = { req, _, fi in
-        Unmanaged<DirectoryHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).release()
-        fuse_reply_err(req, 0)
-    }
+    ops.releasedir = { req, _, _ in fuse_reply_err(req, 0) }
 
     ops.statfs = { req, _ in
         let fs = FileSystem.from(req)
@@ -149,61 +145,52 @@ extension FileSystem {
         return entry
     }
 
-    /// Fills one READDIR(PLUS) reply from the handle's snapshot. Offsets: 1 after `.`, 2 after `..`,
-    /// then position + 3. With `plus`, each entry added counts one lookup (the kernel keeps it).
-    func readdir(req: fuse_req_t?, size: Int, offset: Int64, fi: UnsafeMutablePointer<fuse_file_info>, plus: Bool) {
-        let handle = Unmanaged<DirectoryHandle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh))!)
-            .takeUnretainedValue()
-        let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
-        defer { buffer.deallocate() }
+    /// Fills one READDIR(PLUS) reply. Offsets: 1 after `.`, 2 after `..`, then the cookie of the entry
+    /// (`DirectoryOrder`). With `plus`, each entry added counts one lookup (the kernel keeps it).
+    func readdir(req: fuse_req_t?, ino: UInt64, size: Int, offset: UInt64, plus: Bool) {
+        let order: DirectoryOrder
+        do throws(NamespaceError) {
+            order = try namespace.readdirOrder(ino)
+        } catch {
+            fuse_reply_err(req, FileSystem.errno(error))
+            return
+        }
+        let oversized = size > ThreadBuffer.capacity
+        let base = oversized ? UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8) : ThreadBuffer.current()
+        defer { if oversized { base.deallocate() } }
+        let buffer = base.assumingMemoryBound(to: CChar.self)
         var used = 0
-        var position = Int(offset)
-        let total = handle.entries.count + 2
-        while position < total {
-            let name: String
-            var attributes: Attributes?
-            if position == 0 {
-                name = "."
-            } else if position == 1 {
-                name = ".."
-            } else {
-                name = handle.entries[position - 2].name
-            }
-            let next = off_t(position + 1)
-            let needed: Int
+        /// Adds one entry if it fits; false when the reply is full.
+        func add(_ name: String, _ entry: DirEntry?, ino entryIno: UInt64, next: UInt64) -> Bool {
+            let needed = plus ? fuse_add_direntry_plus(req, nil, 0, name, nil, 0) : fuse_add_direntry(req, nil, 0, name, nil, 0)
+            guard used + needed <= size else { return false }
             if plus {
-                needed = fuse_add_direntry_plus(req, nil, 0, name, nil, 0)
-            } else {
-                needed = fuse_add_direntry(req, nil, 0, name, nil, 0)
-            }
-            if used + needed > size { break }
-            if plus {
-                var entry = fuse_entry_param()
-                if position >= 2 {
-                    attributes = namespace.register(parent: handle.ino, entry: handle.entries[position - 2])
-                    entry = self.entry(attributes!)
+                var param = fuse_entry_param()
+                if let entry {
+                    param = self.entry(namespace.register(parent: ino, entry: entry))
                 } else {
-                    entry.attr.st_ino = UInt(position == 0 ? handle.ino : handle.parent)
-                    entry.attr.st_mode = Glibc.S_IFDIR
+                    param.attr.st_ino = UInt(entryIno)
+                    param.attr.st_mode = Glibc.S_IFDIR
                 }
-                used += fuse_add_direntry_plus(req, buffer + used, size - used, name, &entry, next)
+                used += fuse_add_direntry_plus(req, buffer + used, size - used, name, &param, off_t(next))
             } else {
                 var st = Glibc.stat()
-                if position >= 2 {
-                    let entry = handle.entries[position - 2]
-                    st.st_mode = {
-                        switch entry.kind {
-                        case .directory: return Glibc.S_IFDIR
-                        case .file, .staged: return Glibc.S_IFREG
-                        case .symlink: return Glibc.S_IFLNK
-                        }
-                    }()
-                } else {
-                    st.st_mode = Glibc.S_IFDIR
+                switch entry?.kind {
+                case .directory?, nil: st.st_mode = Glibc.S_IFDIR
+                case .file?, .staged?: st.st_mode = Glibc.S_IFREG
+                case .symlink?: st.st_mode = Glibc.S_IFLNK
                 }
-                st.st_ino = UInt.max  // unknown: the kernel looks the name up when needed
-                used += fuse_add_direntry(req, buffer + used, size - used, name, &st, next)
+                st.st_ino = entry == nil ? UInt(entryIno) : UInt.max  // unknown: the kernel looks the name up when needed
+                used += fuse_add_direntry(req, buffer + used, size - used, name, &st, off_t(next))
             }
+            return true
+        }
+        var full = offset == 0 && !add(".", nil, ino: ino, next: 1)
+        full = full || (offset <= 1 && !add("..", nil, ino: namespace.parent(of: ino), next: 2))
+        var position = order.start(after: max(offset, DirectoryOrder.firstCookie - 1))
+        while !full && position < order.entries.count {
+            let entry = order.entries[position]
+            full = !add(entry.name, entry, ino: 0, next: order.cookies[position])
             position += 1
         }
         fuse_reply_buf(req, buffer, used)

@@ -43,16 +43,3 @@ final class StagedHandle: Sendable {
         self.writable = writable
     }
 }
-
-/// State of one open directory: the listing as it was at `opendir`, so offsets stay stable.
-final class DirectoryHandle: Sendable {
-    let ino: UInt64
-    let parent: UInt64
-    let entries: [DirEntry]
-
-    init(ino: UInt64, parent: UInt64, entries: [DirEntry]) {
-        self.ino = ino
-        self.parent = parent
-        self.entries = entries
-    }
-}

@@ -33,6 +33,7 @@ public final class Namespace: Sendable {
     struct Listing {
         let entries: [DirEntry]
         let byName: [String: Int]
+        let order: DirectoryOrder
         let fetchedAt: Double
     }
 
@@ -118,9 +119,12 @@ public final class Namespace: Sendable {
         attributes(ino, try kind(of: ino))
     }
 
-    /// The entries of directory `ino`, sorted by name (without `.` and `..`).
-    public func entries(_ ino: UInt64) throws(NamespaceError) -> [DirEntry] {
-        try entries(prefix: directoryPrefix(ino))
+    /// The merged entries of directory `ino` in READDIR order (without `.` and `..`).
+    public func readdirOrder(_ ino: UInt64) throws(NamespaceError) -> DirectoryOrder {
+        let prefix = try directoryPrefix(ino)
+        let listing = try listing(prefix)
+        guard let changes = overlay?.changes(in: prefix), !changes.isEmpty else { return listing.order }
+        return DirectoryOrder(merge(listing.entries, changes))
     }
 
     /// The key prefix of directory `ino` (ends with `/`, or is the root prefix).
@@ -162,11 +166,16 @@ public final class Namespace: Sendable {
     public func entries(prefix: String) throws(NamespaceError) -> [DirEntry] {
         let remote = try listing(prefix).entries
         guard let changes = overlay?.changes(in: prefix), !changes.isEmpty else { return remote }
+        return merge(remote, changes).sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+    }
+
+    /// The store's entries with the overlay's changes applied, unordered.
+    private func merge(_ remote: [DirEntry], _ changes: [String: OverlayChange]) -> [DirEntry] {
         var merged = remote.filter { changes[$0.name] == nil }
         for (name, change) in changes {
             if case .present(let kind) = change { merged.append(DirEntry(name: name, kind: kind)) }
         }
-        return merged.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+        return merged
     }
 
     /// Moves the inode of `name` in `parent` to `newName` in `newParent` after a rename, so open handles
@@ -273,12 +282,12 @@ public final class Namespace: Sendable {
                 var byName: [String: Int] = [:]
                 byName.reserveCapacity(sorted.count)
                 for (position, entry) in sorted.enumerated() { byName[entry.name] = position }
-                let listing = Listing(entries: sorted, byName: byName, fetchedAt: fetchedAt)
+                let listing = Listing(entries: sorted, byName: byName, order: DirectoryOrder(sorted), fetchedAt: fetchedAt)
                 listings[directory] = listing
                 if directory == prefix { result = listing }
             }
         }
-        return result ?? Listing(entries: [], byName: [:], fetchedAt: fetchedAt)
+        return result ?? Listing(entries: [], byName: [:], order: DirectoryOrder([]), fetchedAt: fetchedAt)
     }
 
     /// Lists `prefix` from the store: flat for a project directory (filling its subtree), else by delimiter.

@@ -17,7 +17,7 @@ import TestSupport
         defer { withExtendedLifetime(tree) {} }
         let project = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
         let job = try namespace.lookup(parent: project.ino, name: "job")
-        #expect(try namespace.entries(job.ino).map(\.name) == ["checkpoint-1", "latest"])
+        #expect(try namespace.readdirOrder(job.ino).entries.map(\.name).sorted() == ["checkpoint-1", "latest"])
         let latest = try namespace.lookup(parent: job.ino, name: "latest")
         #expect(try namespace.readlink(latest.ino) == "checkpoint-1")
         #expect(try namespace.readlink(try namespace.lookup(parent: project.ino, name: "latest").ino) == "job/checkpoint-1")
@@ -37,6 +37,6 @@ import TestSupport
             ino = try namespace.lookup(parent: ino, name: name).ino
         }
         #expect(try namespace.object(ino).size == 3)
-        #expect(throws: NamespaceError.notDirectory) { try namespace.entries(ino) }
+        #expect(throws: NamespaceError.notDirectory) { try namespace.readdirOrder(ino) }
     }
 }
