@@ -69,6 +69,12 @@ public final class FileSystem: Sendable {
     /// Bytes in the block cache and its bound.
     public var cacheUsage: (bytes: Int64, capacity: Int64) { (cache.usage.bytes, cache.capacity) }
 
+    /// Fetches the root directory's listing, so the first look at the mount finds it (a lookup meanwhile
+    /// waits for this fetch instead of starting its own). A failure is logged and retried on first use.
+    public func listRoot() {
+        _ = try? namespace.readdirOrder(Namespace.rootIno)
+    }
+
     /// Waits until every fetched block is stored in the cache; called after unmount.
     public func flush() {
         registry.flush()

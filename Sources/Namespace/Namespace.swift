@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import Logging
 import ObjectStore
@@ -6,7 +7,8 @@ import Synchronization
 /// The file tree over the store: inode numbers with kernel lookup counts, directory listings cached for
 /// `metadataTTL`, and checkpoint references.
 ///
-/// Listings are fetched on first use of a directory, outside any lock. A project directory (one level
+/// Listings are fetched on first use of a directory, outside any lock, one fetch per directory at a time
+/// (concurrent first looks, such as every rank opening its files at once, wait for it). A project directory (one level
 /// below the root) is listed flat, in one paginated request sequence, which fills the listings of its
 /// whole subtree at once and gives the modification times `latest` needs.
 public final class Namespace: Sendable {
@@ -53,6 +55,10 @@ public final class Namespace: Sendable {
     public let configuration: Configuration
     private let table: Mutex<Table>
     private let listings = Mutex<[String: Listing]>([:])
+    private let flights = Mutex<[String: ListingFlight]>([:])
+    private let listingWaiters = Atomic<Int>(0)
+    /// Threads waiting for another's listing fetch (observability for tests).
+    var listingWaiterCount: Int { listingWaiters.load(ordering: .relaxed) }
     private let warned = Mutex<Set<String>>([])
     private let logger = Logger(label: "ckptfs.namespace")
 
@@ -266,6 +272,25 @@ public final class Namespace: Sendable {
         if let cached = listings.withLock({ $0[prefix] }), now - cached.fetchedAt < configuration.metadataTTL {
             return cached
         }
+        let (flight, leads) = flights.withLock { flights -> (ListingFlight, Bool) in
+            if let flight = flights[prefix] { return (flight, false) }
+            let flight = ListingFlight()
+            flights[prefix] = flight
+            return (flight, true)
+        }
+        guard leads else {
+            listingWaiters.add(1, ordering: .relaxed)
+            defer { listingWaiters.subtract(1, ordering: .relaxed) }
+            return try flight.wait()
+        }
+        let result = Result { () throws(NamespaceError) in try fetchListings(prefix) }
+        flights.withLock { _ = $0.removeValue(forKey: prefix) }
+        flight.finish(result)
+        return try result.get()
+    }
+
+    /// Fetches `prefix` and stores the listings it yields (its subtree's too, for a project).
+    private func fetchListings(_ prefix: String) throws(NamespaceError) -> Listing {
         let built: [String: [String: EntryKind]]
         do throws(StoreError) {
             built = try fetch(prefix)
@@ -274,20 +299,18 @@ public final class Namespace: Sendable {
             throw .store(error)
         }
         let fetchedAt = Self.monotonicSeconds()
-        var result: Listing?
-        listings.withLock { listings in
-            for (directory, entries) in built {
-                let sorted = entries.map { DirEntry(name: $0.key, kind: $0.value) }
-                    .sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
-                var byName: [String: Int] = [:]
-                byName.reserveCapacity(sorted.count)
-                for (position, entry) in sorted.enumerated() { byName[entry.name] = position }
-                let listing = Listing(entries: sorted, byName: byName, order: DirectoryOrder(sorted), fetchedAt: fetchedAt)
-                listings[directory] = listing
-                if directory == prefix { result = listing }
-            }
+        var made: [String: Listing] = [:]
+        made.reserveCapacity(built.count)
+        for (directory, entries) in built {
+            let sorted = entries.map { DirEntry(name: $0.key, kind: $0.value) }
+                .sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+            var byName: [String: Int] = [:]
+            byName.reserveCapacity(sorted.count)
+            for (position, entry) in sorted.enumerated() { byName[entry.name] = position }
+            made[directory] = Listing(entries: sorted, byName: byName, order: DirectoryOrder(sorted), fetchedAt: fetchedAt)
         }
-        return result ?? Listing(entries: [], byName: [:], order: DirectoryOrder([]), fetchedAt: fetchedAt)
+        listings.withLock { listings in listings.merge(made) { _, new in new } }
+        return made[prefix] ?? Listing(entries: [], byName: [:], order: DirectoryOrder([]), fetchedAt: fetchedAt)
     }
 
     /// Lists `prefix` from the store: flat for a project directory (filling its subtree), else by delimiter.
@@ -333,5 +356,24 @@ public final class Namespace: Sendable {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
         return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+}
+
+/// One listing fetch in progress, which later askers of the same directory wait for.
+private final class ListingFlight: @unchecked Sendable {
+    private let done = DispatchGroup()
+    /// Written once by the fetching thread before `done` is left; read by waiters after.
+    private var result: Result<Namespace.Listing, NamespaceError> = .failure(.notFound)
+
+    init() { done.enter() }
+
+    func finish(_ result: Result<Namespace.Listing, NamespaceError>) {
+        self.result = result
+        done.leave()
+    }
+
+    func wait() throws(NamespaceError) -> Namespace.Listing {
+        done.wait()
+        return try result.get()
     }
 }

@@ -143,6 +143,8 @@ struct MountCommand: ParsableCommand {
             }
         }
         Logger(label: "ckptfs").info("mounted", metadata: ["remote": "\(remote)", "mountpoint": "\(plan.mountpoint)"])
+        let fileSystem = plan.fileSystem
+        ThreadLauncher.detach { fileSystem.listRoot() }
         ready?.send("ready")
         ready = nil
         let status = session.run(maxThreads: 16)

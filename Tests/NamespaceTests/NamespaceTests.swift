@@ -1,5 +1,8 @@
+import Dispatch
+import Foundation
 import Glibc
 import ObjectStore
+import Synchronization
 import Testing
 import TestSupport
 @testable import Namespace
@@ -38,5 +41,78 @@ import TestSupport
         }
         #expect(try namespace.object(ino).size == 3)
         #expect(throws: NamespaceError.notDirectory) { try namespace.readdirOrder(ino) }
+    }
+}
+
+/// A local store whose first listing waits until `release` says so, and which counts listings.
+final class HeldListingStore: ObjectStore {
+    let inner: LocalStore
+    let lists = Atomic<Int>(0)
+    private let release = Mutex<(@Sendable () -> Bool)?>(nil)
+
+    init(root: String) { inner = LocalStore(root: root) }
+
+    var identity: String { inner.identity }
+
+    /// The first listing waits (at most about a minute) until `ready` returns true.
+    func holdFirstListing(until ready: @escaping @Sendable () -> Bool) { release.withLock { $0 = ready } }
+
+    func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage {
+        if lists.add(1, ordering: .relaxed).newValue == 1, let ready = release.withLock({ $0 }) {
+            var spins = 0
+            while !ready() && spins < 60_000 {
+                spins += 1
+                usleep(1_000)
+            }
+        }
+        return try inner.list(prefix: prefix, delimiter: delimiter, continuationToken: continuationToken, maxKeys: maxKeys)
+    }
+
+    func head(key: String) throws(StoreError) -> ObjectInfo { try inner.head(key: key) }
+
+    func get(
+        key: String, range: Range<Int64>, etag: String?, sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void
+    ) throws(StoreError) {
+        try inner.get(key: key, range: range, etag: etag, sink: sink)
+    }
+
+    func checkAccess(prefix: String) throws(StoreError) { try inner.checkAccess(prefix: prefix) }
+
+    func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+        try inner.put(key: key, fd: fd, size: size, options: options)
+    }
+
+    func delete(key: String) throws(StoreError) { try inner.delete(key: key) }
+
+    func copy(from source: String, to destination: String) throws(StoreError) -> String {
+        try inner.copy(from: source, to: destination)
+    }
+}
+
+@Suite struct ListingSingleFlightTests {
+    @Test func concurrentFirstLooksAtADirectoryShareOneListing() throws {
+        let root = ScratchDirectory()
+        root.write("proj/job/checkpoint-1/rank-0/a.txt", "hi\n")
+        let store = HeldListingStore(root: root.path)
+        let namespace = Namespace(store: store, configuration: .init(rootPrefix: "", metadataTTL: 60))
+        let threads = 8
+        // The first listing is released only once the other seven lookups wait for it: were listings
+        // not shared, each would be in a listing of its own instead, and this would time out.
+        store.holdFirstListing { namespace.listingWaiterCount == threads - 1 }
+        let found = Atomic<Int>(0)
+        let done = DispatchGroup()
+        for _ in 0..<threads {
+            done.enter()
+            Thread {
+                if (try? namespace.lookup(parent: Namespace.rootIno, name: "proj")) != nil {
+                    found.add(1, ordering: .relaxed)
+                }
+                done.leave()
+            }.start()
+        }
+        done.wait()
+        #expect(found.load(ordering: .relaxed) == threads)
+        #expect(store.lists.load(ordering: .relaxed) == 1)
+        withExtendedLifetime(root) {}
     }
 }
