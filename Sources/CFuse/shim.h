@@ -15,42 +15,44 @@ static inline struct fuse_session *ckptfs_fuse_session_new(struct fuse_args *arg
     return fuse_session_new(args, ops, ops_size, userdata);
 }
 
-// FUSE passthrough (kernel protocol 7.40, Linux >= 6.9), which libfuse 3.14 predates. The layouts and
-// numbers below are the kernel's (include/uapi/linux/fuse.h).
+// FUSE features newer than libfuse 3.14: mmap of direct-I/O files (protocol 7.39) and passthrough (7.40,
+// Linux >= 6.9). The layouts and numbers below are the kernel's (include/uapi/linux/fuse.h).
 
-/// `FUSE_PASSTHROUGH` (bit 37 of the INIT flags) as a bit of `flags2`, and `FUSE_INIT_EXT`.
+/// `FUSE_INIT_EXT`, and the INIT flags above bit 31 as bits of `flags2`: `FUSE_DIRECT_IO_ALLOW_MMAP`
+/// (bit 36) and `FUSE_PASSTHROUGH` (bit 37).
 #define CKPTFS_INIT_EXT (1u << 30)
+#define CKPTFS_INIT2_DIRECT_IO_ALLOW_MMAP (1u << 4)
 #define CKPTFS_INIT2_PASSTHROUGH (1u << 5)
 /// `FUSE_INIT` opcode and header sizes: `fuse_in_header` is 40 bytes, `fuse_out_header` 16.
 #define CKPTFS_OP_INIT 26
 #define CKPTFS_IN_HEADER 40
 
-/// True if `request` (as read from /dev/fuse) is FUSE_INIT and the kernel offers passthrough.
-static inline int ckptfs_init_offers_passthrough(const void *request, size_t length) {
+/// The `flags2` the kernel offers if `request` (as read from /dev/fuse) is FUSE_INIT, else 0.
+static inline uint32_t ckptfs_init_offered_flags2(const void *request, size_t length) {
     uint32_t opcode, flags, flags2;
     if (length < CKPTFS_IN_HEADER + 20) return 0;
     memcpy(&opcode, (const char *)request + 4, 4);
     memcpy(&flags, (const char *)request + CKPTFS_IN_HEADER + 12, 4);
     memcpy(&flags2, (const char *)request + CKPTFS_IN_HEADER + 16, 4);
-    return opcode == CKPTFS_OP_INIT && (flags & CKPTFS_INIT_EXT) && (flags2 & CKPTFS_INIT2_PASSTHROUGH);
+    return opcode == CKPTFS_OP_INIT && (flags & CKPTFS_INIT_EXT) ? flags2 : 0;
 }
 
-/// Turns libfuse's successful INIT reply (`iov[1]` is its `fuse_init_out`) into one that accepts passthrough
-/// with backing files at most `depth` file systems deep. Returns 1 if it patched the reply.
-static inline int ckptfs_accept_passthrough(struct iovec *iov, int count, uint32_t depth) {
+/// Adds `flags2` to libfuse's successful INIT reply (`iov[1]` is its `fuse_init_out`), with backing files
+/// at most `depth` file systems deep if passthrough is among them. Returns 1 if it patched the reply.
+static inline int ckptfs_init_accept(struct iovec *iov, int count, uint32_t flags2, uint32_t depth) {
     int32_t error;
+    uint32_t flags, reply2;
     if (count < 2 || iov[0].iov_len < 16 || iov[1].iov_len < 40) return 0;
     memcpy(&error, (const char *)iov[0].iov_base + 4, 4);
     if (error != 0) return 0;
     char *out = (char *)iov[1].iov_base;
-    uint32_t flags, flags2;
     memcpy(&flags, out + 12, 4);
-    memcpy(&flags2, out + 32, 4);
+    memcpy(&reply2, out + 32, 4);
     flags |= CKPTFS_INIT_EXT;
-    flags2 |= CKPTFS_INIT2_PASSTHROUGH;
+    reply2 |= flags2;
     memcpy(out + 12, &flags, 4);
-    memcpy(out + 32, &flags2, 4);
-    memcpy(out + 36, &depth, 4);  // max_stack_depth
+    memcpy(out + 32, &reply2, 4);
+    if (flags2 & CKPTFS_INIT2_PASSTHROUGH) memcpy(out + 36, &depth, 4);  // max_stack_depth
     return 1;
 }
 

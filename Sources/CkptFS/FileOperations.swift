@@ -40,8 +40,14 @@ extension FileSystem {
                 case .daemon:
                     let object = registry.acquire(info)
                     let window = ReadAheadWindow(initial: settings.initialReadAhead, maximum: settings.maximumReadAhead)
-                    let previous = openedETags.withLock { $0.updateValue(info.etag, forKey: ino) }
-                    fi.pointee.keep_cache = previous == info.etag ? 1 : 0
+                    if settings.directReads && features.has(.directIOMmap) {
+                        // Streams straight into the reader's buffer: no page-cache pages to allocate and
+                        // fill, and no second copy by the reader; mmap still goes through the page cache.
+                        fi.pointee.direct_io = 1
+                    } else {
+                        let previous = openedETags.withLock { $0.updateValue(info.etag, forKey: ino) }
+                        fi.pointee.keep_cache = previous == info.etag ? 1 : 0
+                    }
                     reply(req, fi, Handle(.remote(FileHandle(object: object, window: window)), ino: ino, backing: 0))
                 }
                 return

@@ -25,6 +25,8 @@ public final class FileSystem: Sendable {
         public var allowOverwrite = false
         /// Objects that were in the bucket before may be deleted or renamed.
         public var allowDelete = false
+        /// Objects are read with direct I/O (no kernel page cache) where the kernel still allows `mmap`.
+        public var directReads = true
 
         public init(
             uid: UInt32, gid: UInt32, metadataTTL: Double, negativeTTL: Double, ioSize: Int,
@@ -49,6 +51,8 @@ public final class FileSystem: Sendable {
     let mountTime: Int64
     /// ETag each file had when last opened: the kernel page cache is kept across opens only while it matches.
     let openedETags = Mutex<[UInt64: String]>([:])
+    /// What the kernel was asked for at INIT, and took.
+    let features: KernelFeatures
     /// Serves open staged files in the kernel where it can. Not with a staging budget: the daemon must
     /// then see every write to count it.
     let passthrough: Passthrough
@@ -62,7 +66,11 @@ public final class FileSystem: Sendable {
         self.registry = registry
         self.cache = cache
         self.settings = settings
-        passthrough = Passthrough(wanted: overlay.map { $0.configuration.stagingLimit == .max } ?? false)
+        var wanted: KernelFeatures.Set = []
+        if overlay?.configuration.stagingLimit == .max { wanted.insert(.passthrough) }
+        if settings.directReads { wanted.insert(.directIOMmap) }
+        features = KernelFeatures(wanted: wanted)
+        passthrough = Passthrough(features: features)
         mountTime = Int64(time(nil))
     }
 

@@ -67,21 +67,20 @@ public final class FuseSession {
         return status
     }
 
-    /// Plain reads and writes of /dev/fuse, through which `Passthrough` sees INIT and answers it (libfuse
-    /// copies the table). The userdata libfuse passes is the session's, the `FileSystem`.
+    /// Plain reads and writes of /dev/fuse, through which `KernelFeatures` sees INIT and answers it
+    /// (libfuse copies the table). The userdata libfuse passes is the session's, the `FileSystem`.
     private static func deviceIO() -> fuse_custom_io {
         var io = fuse_custom_io()
         io.read = { fd, buffer, length, userdata in
             let count = Glibc.read(fd, buffer, length)
             if count > 0, let buffer, let userdata {
-                Unmanaged<FileSystem>.fromOpaque(userdata).takeUnretainedValue().passthrough
-                    .inspect(buffer, length: count)
+                Unmanaged<FileSystem>.fromOpaque(userdata).takeUnretainedValue().features.inspect(buffer, length: count)
             }
             return count
         }
         io.writev = { fd, iov, count, userdata in
             if let iov, let userdata {
-                Unmanaged<FileSystem>.fromOpaque(userdata).takeUnretainedValue().passthrough.answer(iov, count: count)
+                Unmanaged<FileSystem>.fromOpaque(userdata).takeUnretainedValue().features.answer(iov, count: count)
             }
             return Glibc.writev(fd, iov, count)
         }

@@ -4,13 +4,10 @@ import Logging
 import Overlay
 import Synchronization
 
-/// FUSE passthrough for staged files (Linux 6.9 and later, root): an open staged file is backed by its
-/// staging file in the kernel, so its reads, writes and mmaps go straight to the local file system, with
-/// no round trip through this process. The daemon still sees open, flush, fsync, setattr and release.
-///
-/// libfuse 3.14 predates passthrough, so the session's device I/O is ours (`fuse_session_custom_io`):
-/// `inspect` notes whether the kernel's INIT offers it and `answer` turns libfuse's INIT reply into one
-/// that accepts it.
+/// FUSE passthrough for staged files (Linux 6.9 and later, root; see `KernelFeatures`): an open staged
+/// file is backed by its staging file in the kernel, so its reads, writes and mmaps go straight to the
+/// local file system, with no round trip through this process. The daemon still sees open, flush, fsync,
+/// setattr and release.
 ///
 /// The kernel requires every open of an inode that has a passthrough open to be a passthrough open of the
 /// same backing file (else the open fails). `begin` and `end` track, per inode, the backing files handed
@@ -38,46 +35,21 @@ final class Passthrough: Sendable {
         var daemon: [UInt64: Int] = [:]
     }
 
-    /// Backing files may sit on a stacked file system (overlayfs) themselves.
-    static let stackDepth: UInt32 = 2
-
-    private let wanted: Bool
+    private let features: KernelFeatures
     private let device = Atomic<Int32>(-1)
-    private let offered = Atomic<Bool>(false)
-    private let answered = Atomic<Bool>(false)
-    private let enabled = Atomic<Bool>(false)
     private let opens = Mutex(Opens())
     private let logger = Logger(label: "ckptfs.passthrough")
 
-    /// `wanted`: whether this mount may use passthrough at all (a writable mount without a staging budget,
-    /// whose writes the daemon must otherwise count).
-    init(wanted: Bool) {
-        self.wanted = wanted
+    init(features: KernelFeatures) {
+        self.features = features
     }
 
-    /// Whether opens of staged files are served in the kernel (after INIT).
-    var isEnabled: Bool { enabled.load(ordering: .acquiring) }
+    /// Whether opens of staged files are served in the kernel.
+    var isEnabled: Bool { features.has(.passthrough) }
 
     /// Sets the /dev/fuse descriptor the backing-file ioctls go to.
     func attach(device fd: Int32) {
         device.store(fd, ordering: .releasing)
-    }
-
-    /// Called with each request read from the device until INIT is answered.
-    func inspect(_ request: UnsafeRawPointer, length: Int) {
-        guard !answered.load(ordering: .relaxed) else { return }
-        if ckptfs_init_offers_passthrough(request, length) != 0 { offered.store(true, ordering: .relaxed) }
-    }
-
-    /// Called with each reply before it is written; the first is INIT's.
-    func answer(_ iov: UnsafeMutablePointer<iovec>, count: Int32) {
-        guard !answered.load(ordering: .relaxed) else { return }
-        answered.store(true, ordering: .relaxed)
-        guard wanted, offered.load(ordering: .relaxed) else { return }
-        if ckptfs_accept_passthrough(iov, count, Self.stackDepth) != 0 {
-            enabled.store(true, ordering: .releasing)
-            logger.info("staged files are served by FUSE passthrough")
-        }
     }
 
     /// Decides how a new open of inode `ino` is served. `staged` is the staged file the open would use
@@ -125,13 +97,13 @@ final class Passthrough: Sendable {
 
     /// Registers `file` as a backing file; nil (and passthrough off for good) if the kernel refuses.
     private func register(_ file: StagedFile) -> Int32? {
-        guard enabled.load(ordering: .acquiring) else { return nil }
+        guard features.has(.passthrough) else { return nil }
         let id = ckptfs_backing_open(device.load(ordering: .acquiring), file.file.fd)
         if id > 0 { return id }
         let code = errno
         logger.warning("FUSE passthrough unavailable, staged files are served by the daemon",
             metadata: ["error": "\(String(cString: strerror(code)))"])
-        enabled.store(false, ordering: .releasing)
+        features.withdraw(.passthrough)
         return nil
     }
 }

@@ -54,6 +54,11 @@ struct MountCommand: ParsableCommand {
     @Flag(help: "Refuse every write with EROFS.")
     var readOnly = false
 
+    @Flag(help: ArgumentHelp(
+        "Read objects through the kernel's page cache: a re-read of a file skips the daemon, but every first read fills the page cache.",
+        discussion: "By default objects are read with direct I/O where the kernel still allows mmap (Linux 6.6+): bytes go from the block cache straight into the reader's buffer."))
+    var pageCache = false
+
     @Flag(help: "Allow rewriting and truncating objects that were in the bucket before this mount wrote them.")
     var allowOverwrite = false
 

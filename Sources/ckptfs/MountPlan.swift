@@ -94,6 +94,7 @@ struct MountPlan {
             maximumReadAhead: min(256 << 20, cacheSize / 4))
         settings.allowOverwrite = command.allowOverwrite
         settings.allowDelete = command.allowDelete
+        settings.directReads = !command.pageCache
         fileSystem = FileSystem(namespace: namespace, registry: registry, cache: cache, overlay: overlay, settings: settings)
         let fsname = command.remote.map { $0 == "," || $0 == " " ? "_" : $0 }
         fuseOptions = (command.readOnly ? ["ro"] : []) + ["default_permissions", "fsname=\(String(fsname))", "subtype=ckptfs"]

@@ -1,6 +1,8 @@
 """Laziness and the persistent block cache, measured by counting requests on the server."""
 
 import os
+import platform
+import subprocess
 import uuid
 
 from support import BIG_FILE, sha256_file
@@ -57,3 +59,30 @@ def test_changed_object_is_not_served_from_the_stale_cache(mounter, moto_client)
     moto_client.put_object(Bucket=bucket, Key=key, Body=b"B" * 100_000)  # same size, new ETag
     second = mounter.remount(first)
     assert (second.mountpoint / key).read_bytes() == b"B" * 100_000
+
+
+def resident_bytes(path) -> int:
+    """Bytes of `path` in the kernel's page cache, as fincore counts them."""
+    result = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.split()[0])
+
+
+def test_reads_bypass_the_page_cache_unless_asked_for_it(mounter, dataset):
+    """Direct reads (Linux 6.6+, which still allows mmap of such files) leave no page-cache pages behind;
+    --page-cache keeps them, so a re-read skips the daemon."""
+    direct = mounter.mount(f"s3://{dataset.bucket}").mountpoint
+    cached = mounter.mount(f"s3://{dataset.bucket}", args=["--page-cache"]).mountpoint
+    major, minor = (int(part) for part in platform.release().split(".")[:2])
+    for mnt in (direct, cached):
+        with open(mnt / BIG_FILE, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    size = os.stat(cached / BIG_FILE).st_size
+    assert resident_bytes(cached / BIG_FILE) >= size  # whole pages
+    if (major, minor) >= (6, 6):
+        assert resident_bytes(direct / BIG_FILE) == 0
+    else:
+        assert resident_bytes(direct / BIG_FILE) >= size
+    assert sha256_file(direct / BIG_FILE) == sha256_file(cached / BIG_FILE) == dataset.sha256[BIG_FILE]
