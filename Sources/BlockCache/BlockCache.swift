@@ -51,9 +51,15 @@ public final class BlockCache: Sendable {
 
     /// Marks a block as just used, for LRU.
     public func touch(_ key: BlockKey) {
+        _ = use(key)
+    }
+
+    /// Marks a block as just used and returns its index entry, if cached.
+    private func use(_ key: BlockKey) -> Entry? {
         state.withLock { state in
             state.clock += 1
             state.entries[key]?.lastUse = state.clock
+            return state.entries[key]
         }
     }
 
@@ -61,11 +67,7 @@ public final class BlockCache: Sendable {
     /// page-cache copy) and verifies its checksum there. Returns the block's data length; nil when the
     /// block is absent, or was corrupt (and has now been dropped).
     public func load(_ key: BlockKey, into buffer: BlockBuffer) -> Int? {
-        guard let entry = state.withLock({ state -> Entry? in
-            state.clock += 1
-            state.entries[key]?.lastUse = state.clock
-            return state.entries[key]
-        }) else { return nil }
+        guard let entry = use(key) else { return nil }
         let path = path(for: key)
         var fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | directIO)
         if fd < 0 && errno == EINVAL { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) }
@@ -92,11 +94,7 @@ public final class BlockCache: Sendable {
     /// Opens a cached block for reading, verifying its checksum on first use in this process.
     /// Returns nil when the block is absent or was corrupt (and has now been dropped).
     public func open(_ key: BlockKey) -> OpenFile? {
-        guard let entry = state.withLock({ state -> Entry? in
-            state.clock += 1
-            state.entries[key]?.lastUse = state.clock
-            return state.entries[key]
-        }) else { return nil }
+        guard let entry = use(key) else { return nil }
         let path = path(for: key)
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {

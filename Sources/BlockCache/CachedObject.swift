@@ -10,7 +10,11 @@ import ObjectStore
 /// GET fills as data arrives. A run of consecutive missing blocks is fetched with one GET. A completed
 /// block stays readable from memory until it is both stored on disk (by the cache writer, bypassing the
 /// page cache) and read to its end, so a sequential reader behind the GET never reads back from disk;
-/// at most `retainedBlocks` such blocks are kept per object. Stored blocks just ahead of a reader are
+/// at most `retainedBlocks` such blocks are kept per object. A GET is paced by its reader: it does not
+/// start filling a block more than `leadBlocks` past the furthest block read so far (the HTTP body then
+/// waits in the socket, and TCP slows the server), so the blocks it runs ahead with are still in memory
+/// when the reader gets there instead of being dropped and read back from disk. A reader that stops for
+/// `paceTimeout` releases its GET to run on unpaced. Stored blocks just ahead of a reader are
 /// loaded the same way: read whole into a block buffer (bypassing the page cache), verified there, and
 /// served from memory.
 public final class CachedObject: @unchecked Sendable {
@@ -40,6 +44,15 @@ public final class CachedObject: @unchecked Sendable {
     /// How many stored blocks from a reader's position on are loaded into memory ahead of it (fewer
     /// than `retainedBlocks`, so loading one never drops the block being read).
     private static let loadedAhead = 6
+    /// How far a GET may run ahead of the furthest block read.
+    private static let leadBlocks = retainedBlocks
+    /// How long a paced GET waits for its reader before it stops pacing.
+    private static let paceTimeout: Double = 1
+    /// The furthest block a reader has asked for.
+    private var frontier = 0
+    /// GETs waiting for the frontier to advance.
+    private var pacedFetches = 0
+    private let frontierAdvanced = Condition()
 
     /// A block being fetched. `filled`, `wakeAt`, `buffer` and `error` are guarded by the object's monitor;
     /// `hasher` belongs to the fetching thread. Readers wait on `arrived`, which is signalled only once
@@ -165,6 +178,9 @@ public final class CachedObject: @unchecked Sendable {
     /// Readers blocked on a block in flight (observability for tests).
     public var waitingReaderCount: Int { monitor.withLock { waitingReaders } }
 
+    /// GETs waiting for their reader to catch up (observability for tests).
+    public var pacedFetchCount: Int { monitor.withLock { pacedFetches } }
+
     /// Starts GETs for blocks between `offset` and `limit` that are neither cached nor in flight.
     ///
     /// To keep requests few and large, nothing is started while the contiguous blocks already present
@@ -176,6 +192,10 @@ public final class CachedObject: @unchecked Sendable {
         let half = Int((offset + (limit - offset) / 2) / blockSize)
         monitor.lock()
         defer { monitor.unlock() }
+        if first > frontier {
+            frontier = first
+            if pacedFetches > 0 { frontierAdvanced.broadcast() }
+        }
         prepareStored(first...last)
         var frontier = first
         while frontier <= last && isPresentOrInFlight(frontier) { frontier += 1 }
@@ -260,6 +280,7 @@ public final class CachedObject: @unchecked Sendable {
         var current = 0
         var buffer: BlockBuffer?
         var written: Int64 = 0
+        var paced = true
         let started = monotonicSeconds()
         defer {
             let seconds = monotonicSeconds() - started
@@ -274,6 +295,7 @@ public final class CachedObject: @unchecked Sendable {
                 while consumed < chunk.count && current < run.count {
                     let fill = run[current]
                     if buffer == nil {
+                        if paced { paced = pace(fill.index) }
                         let fresh = context.buffers.take()
                         monitor.withLock { fill.buffer = fresh }
                         buffer = fresh
@@ -301,6 +323,24 @@ public final class CachedObject: @unchecked Sendable {
         if current < run.count {
             fail(Array(run[current...]), .invalidResponse("short body for \(key)"))
         }
+    }
+
+    /// Waits (on a GET's thread) until block `index` is at most `leadBlocks` past the frontier; false if
+    /// the reader did not advance for `paceTimeout`.
+    private func pace(_ index: Int) -> Bool {
+        monitor.lock()
+        defer { monitor.unlock() }
+        pacedFetches += 1
+        defer { pacedFetches -= 1 }
+        while index > frontier + Self.leadBlocks {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            let deadline = timespec(tv_sec: now.tv_sec + Int(Self.paceTimeout), tv_nsec: now.tv_nsec)
+            guard monitor.wait(frontierAdvanced, until: deadline) || index <= frontier + Self.leadBlocks else {
+                return false
+            }
+        }
+        return true
     }
 
     private func publish(_ fill: BlockFill, filled: Int64) {

@@ -37,6 +37,12 @@ public final class Monitor: @unchecked Sendable {
     /// Waits on `other` (a condition used with this monitor's mutex); call with the mutex held.
     public func wait(_ other: Condition) { pthread_cond_wait(other.raw, mutex) }
 
+    /// Waits on `other` until the `CLOCK_REALTIME` deadline; false on timeout. Call with the mutex held.
+    public func wait(_ other: Condition, until deadline: timespec) -> Bool {
+        var deadline = deadline
+        return pthread_cond_timedwait(other.raw, mutex, &deadline) != ETIMEDOUT
+    }
+
     @inline(__always)
     public func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
         lock()

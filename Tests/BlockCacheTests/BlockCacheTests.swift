@@ -71,10 +71,7 @@ import TestSupport
             try store(cache, key, pattern(5000))
             path = cache.path(for: key)
         }
-        let fd = open(path, O_WRONLY)
-        var byte: UInt8 = 0xFF
-        pwrite(fd, &byte, 1, 1234)
-        close(fd)
+        corruptByte(of: path, at: 1234)
         let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
         #expect(reopened.open(key) == nil)
         #expect(!reopened.contains(key))
@@ -92,10 +89,7 @@ import TestSupport
             try store(cache, bad, pattern(7000))
             badPath = cache.path(for: bad)
         }
-        let fd = open(badPath, O_WRONLY)
-        var byte: UInt8 = 0xFF
-        pwrite(fd, &byte, 1, 6999)
-        close(fd)
+        corruptByte(of: badPath, at: 6999)
         let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
         let buffer = pool.take()
         #expect(reopened.load(good, into: buffer) == 5000)

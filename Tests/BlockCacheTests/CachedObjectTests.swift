@@ -88,10 +88,7 @@ import TestSupport
         let first = registry.acquire(try store.head(key: "obj"))
         _ = try read(first, 0, data.count, prefetch: Int64(data.count))
         registry.flush()
-        let fd = open(cache.path(for: BlockKey(object: first.id, index: 2)), O_WRONLY)
-        var byte: UInt8 = 0xFF
-        pwrite(fd, &byte, 1, 100)
-        close(fd)
+        corruptByte(of: cache.path(for: BlockKey(object: first.id, index: 2)), at: 100)
         let gets = store.gets.load(ordering: .relaxed)
         // A new cache over the same directory has verified nothing yet, like a remount.
         let warm = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
@@ -101,6 +98,28 @@ import TestSupport
         }
         #expect(copy == data)
         #expect(store.gets.load(ordering: .relaxed) == gets + 1)
+    }
+
+    @Test func aGetWaitsForItsReaderInsteadOfRunningFarAhead() throws {
+        let scratch = ScratchDirectory()
+        let blocks = 24
+        let data = pattern(Int(blockSize) * blocks)
+        let store = CountingStore(objects: ["obj": data])
+        let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
+        #expect(try read(object, 0, 4096, prefetch: Int64(data.count)) == Array(data[0..<4096]))
+        // One GET covers every block; with the reader still in block 0 it must stop before block 9.
+        var spins = 0
+        while object.pacedFetchCount == 0 {
+            spins += 1
+            try #require(spins < 10_000_000, "the GET never waited for its reader")
+            sched_yield()
+        }
+        var copy: [UInt8] = []
+        for offset in stride(from: 0, to: data.count, by: Int(blockSize)) {
+            copy += try read(object, Int64(offset), Int(blockSize), prefetch: Int64(data.count - offset))
+        }
+        #expect(copy == data)
+        #expect(store.gets.load(ordering: .relaxed) == 1)
     }
 
     @Test func sequentialWindowFetchesARunWithOneGet() throws {

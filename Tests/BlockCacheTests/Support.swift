@@ -68,3 +68,11 @@ final class CountingStore: ObjectStore {
 func pattern(_ count: Int, seed: Int = 1) -> [UInt8] {
     (0..<count).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761 &+ seed) >> 7) }
 }
+
+/// Overwrites one byte of a file, as a torn write or bit rot would.
+func corruptByte(of path: String, at offset: off_t) {
+    let fd = open(path, O_WRONLY)
+    var byte: UInt8 = 0xFF
+    pwrite(fd, &byte, 1, offset)
+    close(fd)
+}
