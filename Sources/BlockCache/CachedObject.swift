@@ -15,8 +15,7 @@ import ObjectStore
 /// waits in the socket, and TCP slows the server), so the blocks it runs ahead with are still in memory
 /// when the reader gets there instead of being dropped and read back from disk. A reader that stops for
 /// `paceTimeout` releases its GET to run on unpaced. Stored blocks just ahead of a reader are
-/// loaded the same way: read whole into a block buffer (bypassing the page cache), verified there, and
-/// served from memory.
+/// loaded the same way: read whole into a block buffer, verified there, and served from memory.
 public final class CachedObject: @unchecked Sendable {
     public let key: String
     public let etag: String
@@ -307,11 +306,15 @@ public final class CachedObject: @unchecked Sendable {
                     fill.hasher.update(piece)
                     written += Int64(take)
                     consumed += take
-                    publish(fill, filled: written)
                     if written == fill.length {
+                        // Queued for the disk before any reader sees the block's end, so a flush after
+                        // the reads (unmount) stores every block they read.
                         complete(fill, buffer: buffer!)
+                        publish(fill, filled: written)
                         buffer = nil
                         current += 1
+                    } else {
+                        publish(fill, filled: written)
                     }
                 }
             }
