@@ -68,13 +68,7 @@ public final class BlockCache: Sendable {
     /// the page cache: on this VM's disk that is faster than `O_DIRECT` (kernel read-ahead), and a block
     /// read again soon comes from memory.
     public func load(_ key: BlockKey, into buffer: BlockBuffer) -> Int? {
-        guard let entry = use(key) else { return nil }
-        let path = path(for: key)
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            forget(key)
-            return nil
-        }
+        guard let (entry, fd, path) = openCached(key) else { return nil }
         defer { close(fd) }
         let image = UnsafeMutableRawBufferPointer(start: buffer.pointer, count: Int(entry.size))
         guard image.count <= buffer.capacity, readFully(fd, image, at: 0),
@@ -82,9 +76,7 @@ public final class BlockCache: Sendable {
             entry.verified
                 || XXH64.hash(UnsafeRawBufferPointer(rebasing: image[0..<Int(trailer.length)])) == trailer.checksum
         else {
-            logger.warning("dropping corrupt cache block", metadata: ["file": "\(path)"])
-            unlink(path)
-            forget(key)
+            dropCorrupt(key, path: path)
             return nil
         }
         if !entry.verified { state.withLock { $0.entries[key]?.verified = true } }
@@ -94,13 +86,7 @@ public final class BlockCache: Sendable {
     /// Opens a cached block for reading, verifying its checksum on first use in this process.
     /// Returns nil when the block is absent or was corrupt (and has now been dropped).
     public func open(_ key: BlockKey) -> OpenFile? {
-        guard let entry = use(key) else { return nil }
-        let path = path(for: key)
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            forget(key)
-            return nil
-        }
+        guard let (entry, fd, path) = openCached(key) else { return nil }
         let file = OpenFile(fd: fd)
         if entry.verified { return file }
         var info = stat()
@@ -110,13 +96,31 @@ public final class BlockCache: Sendable {
         guard fstat(fd, &info) == 0, let trailer = BlockFile.readTrailer(fd: fd, fileSize: Int64(info.st_size)),
             trailer.objectTag == key.object.low, BlockFile.verify(fd: fd, trailer: trailer, scratch: scratch)
         else {
-            logger.warning("dropping corrupt cache block", metadata: ["file": "\(path)"])
-            unlink(path)
-            forget(key)
+            dropCorrupt(key, path: path)
             return nil
         }
         state.withLock { $0.entries[key]?.verified = true }
         return file
+    }
+
+    /// A cached block's index entry (marked as just used) and a read-only descriptor of its file; nil when
+    /// it is not cached, or its file is gone (then forgotten).
+    private func openCached(_ key: BlockKey) -> (entry: Entry, fd: Int32, path: String)? {
+        guard let entry = use(key) else { return nil }
+        let path = path(for: key)
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            forget(key)
+            return nil
+        }
+        return (entry, fd, path)
+    }
+
+    /// Deletes a block that failed verification, so it is fetched again instead of served.
+    private func dropCorrupt(_ key: BlockKey, path: String) {
+        logger.warning("dropping corrupt cache block", metadata: ["file": "\(path)"])
+        unlink(path)
+        forget(key)
     }
 
     /// Writes a completed block (its bytes at the start of `buffer`, which has room for the padding and
