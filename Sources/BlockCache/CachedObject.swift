@@ -43,6 +43,10 @@ public final class CachedObject: @unchecked Sendable {
     /// How many stored blocks from a reader's position on are loaded into memory ahead of it (fewer
     /// than `retainedBlocks`, so loading one never drops the block being read).
     private static let loadedAhead = 6
+    /// A small read of a cold block (a file header) first gets a GET of only this many bytes around it,
+    /// and the rest of the block a second GET into the same fill: the origin answers a small range sooner
+    /// (measured here: 2.8–3.3 ms for 64 KiB against 5.1–7.1 ms for a 4 MiB block).
+    static let headBytes: Int64 = 64 << 10
     /// How far a GET may run ahead of the furthest block read.
     private static let leadBlocks = retainedBlocks
     /// How long a paced GET waits for its reader before it stops pacing.
@@ -199,6 +203,12 @@ public final class CachedObject: @unchecked Sendable {
         var frontier = first
         while frontier <= last && isPresentOrInFlight(frontier) { frontier += 1 }
         guard frontier <= last, frontier <= max(half, first) else { return }
+        let blockStart = Int64(first) * blockSize
+        let head = (limit - blockStart + Self.headBytes - 1) / Self.headBytes * Self.headBytes
+        if frontier == first && last == first && limit - offset <= Self.headBytes && head < blockLength(first) {
+            startFetch(run: first..<(first + 1), firstBytes: head)
+            return
+        }
         var runStart = frontier
         var index = frontier
         while index <= last {
@@ -264,21 +274,24 @@ public final class CachedObject: @unchecked Sendable {
         return stored[index]
     }
 
-    /// Registers fills for `run` and queues one GET covering them. Call with the monitor held.
-    private func startFetch(run: Range<Int>) {
+    /// Registers fills for `run` and queues one GET covering them (or only their first `firstBytes`, the
+    /// rest following in a second GET). Call with the monitor held.
+    private func startFetch(run: Range<Int>, firstBytes: Int64? = nil) {
         let runFills = run.map { BlockFill(index: $0, length: blockLength($0)) }
         for fill in runFills { fills[fill.index] = fill }
-        let range = (Int64(run.lowerBound) * blockSize)..<min(size, Int64(run.upperBound) * blockSize)
+        let start = Int64(run.lowerBound) * blockSize
+        let range = start..<min(size, firstBytes.map { start + $0 } ?? Int64(run.upperBound) * blockSize)
         logger.debug("fetch", metadata: ["key": "\(key)", "offset": "\(range.lowerBound)", "length": "\(range.count)"])
         context.fetchers.submit { [self, runFills] in fetch(range: range, fills: runFills) }
     }
 
     /// Runs on the fetch pool: streams the range into the fills' buffers, handing each completed block to
-    /// the cache writer.
+    /// the cache writer. The range starts where the first fill has got to; if it ends before the last
+    /// fill does, the rest is fetched next, on this thread.
     private func fetch(range: Range<Int64>, fills run: [BlockFill]) {
         var current = 0
-        var buffer: BlockBuffer?
-        var written: Int64 = 0
+        var (buffer, written) = monitor.withLock { (run.first?.buffer, run.first?.filled ?? 0) }
+        var received: Int64 = 0
         var paced = true
         let started = monotonicSeconds()
         defer {
@@ -306,6 +319,7 @@ public final class CachedObject: @unchecked Sendable {
                     fill.hasher.update(piece)
                     written += Int64(take)
                     consumed += take
+                    received += Int64(take)
                     if written == fill.length {
                         // Queued for the disk before any reader sees the block's end, so a flush after
                         // the reads (unmount) stores every block they read.
@@ -323,7 +337,11 @@ public final class CachedObject: @unchecked Sendable {
             fail(Array(run[current...]), error)
             return
         }
-        if current < run.count {
+        guard current < run.count else { return }
+        let end = Int64(run[run.count - 1].index) * blockSize + run[run.count - 1].length
+        if received == Int64(range.count) && range.upperBound < end {
+            fetch(range: range.upperBound..<end, fills: Array(run[current...]))
+        } else {
             fail(Array(run[current...]), .invalidResponse("short body for \(key)"))
         }
     }

@@ -122,6 +122,24 @@ import TestSupport
         #expect(store.gets.load(ordering: .relaxed) == 1)
     }
 
+    @Test func aSmallColdReadIsAnsweredByASmallFirstGetAndTheBlockCompletedByASecond() throws {
+        let scratch = ScratchDirectory()
+        let blockSize: Int64 = 1 << 20  // larger than CachedObject.headBytes
+        let data = pattern(Int(blockSize) * 2)
+        let store = CountingStore(objects: ["obj": data])
+        let registry = ObjectRegistry(
+            store: store, cache: try BlockCache(directory: scratch.path, capacity: 64 << 20), fetchThreads: 4,
+            blockSize: blockSize)
+        let object = registry.acquire(try store.head(key: "obj"))
+        #expect(try read(object, 10, 8) == Array(data[10..<18]))
+        #expect(try read(object, 0, Int(blockSize)) == Array(data[0..<Int(blockSize)]))
+        let head = CachedObject.headBytes
+        #expect(store.ranges.withLock { $0 } == [0..<head, head..<blockSize])
+        // A large read gets its block in one GET.
+        #expect(try read(object, blockSize, 300_000) == Array(data[Int(blockSize)..<(Int(blockSize) + 300_000)]))
+        #expect(store.ranges.withLock { $0.last } == blockSize..<(2 * blockSize))
+    }
+
     @Test func sequentialWindowFetchesARunWithOneGet() throws {
         let scratch = ScratchDirectory()
         let store = CountingStore(objects: ["obj": pattern(Int(blockSize) * 6)])

@@ -8,6 +8,8 @@ final class CountingStore: ObjectStore {
     let identity = "memory:test"
     let objects: [String: [UInt8]]
     let gets = Atomic<Int>(0)
+    /// The byte range of every GET, in the order they started.
+    let ranges = Mutex<[Range<Int64>]>([])
     let failures = Atomic<Int>(0)
     private let gate = Monitor()
     private let open = Mutex<Bool>(true)
@@ -35,6 +37,7 @@ final class CountingStore: ObjectStore {
         key: String, range: Range<Int64>, etag: String?, sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void
     ) throws(StoreError) {
         gets.add(1, ordering: .relaxed)
+        ranges.withLock { $0.append(range) }
         gate.lock()
         while !open.withLock({ $0 }) { gate.wait() }
         gate.unlock()
