@@ -200,17 +200,18 @@ public final class CachedObject: @unchecked Sendable {
             if pacedFetches > 0 { frontierAdvanced.broadcast() }
         }
         prepareStored(first...last)
-        var frontier = first
-        while frontier <= last && isPresentOrInFlight(frontier) { frontier += 1 }
-        guard frontier <= last, frontier <= max(half, first) else { return }
-        let blockStart = Int64(first) * blockSize
-        let head = (limit - blockStart + Self.headBytes - 1) / Self.headBytes * Self.headBytes
-        if frontier == first && last == first && limit - offset <= Self.headBytes && head < blockLength(first) {
-            startFetch(run: first..<(first + 1), firstBytes: head)
-            return
+        var covered = first
+        while covered <= last && isPresentOrInFlight(covered) { covered += 1 }
+        guard covered <= last, covered <= max(half, first) else { return }
+        if covered == first && last == first && limit - offset <= Self.headBytes {
+            let head = (limit - Int64(first) * blockSize + Self.headBytes - 1) / Self.headBytes * Self.headBytes
+            if head < blockLength(first) {
+                startFetch(run: first..<(first + 1), firstBytes: head)
+                return
+            }
         }
-        var runStart = frontier
-        var index = frontier
+        var runStart = covered
+        var index = covered
         while index <= last {
             if isPresentOrInFlight(index) {
                 if runStart < index { startFetch(run: runStart..<index) }

@@ -73,23 +73,22 @@ extension FileSystem {
     }
 
     func read(_ req: fuse_req_t?, _ size: Int, _ offset: Int64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
-        let oversized = size > ThreadBuffer.capacity
-        let base = oversized ? UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096) : ThreadBuffer.current()
-        defer { if oversized { base.deallocate() } }
-        switch Self.handle(fi).content {
-        case .remote(let handle):
-            let prefetch = handle.window.withLock { $0.record(offset: offset, length: Int64(size)) }
-            do throws(StoreError) {
-                try handle.object.read(offset: offset, count: size, prefetch: prefetch, scratch: base) { bytes in
-                    fuse_reply_buf(req, bytes.baseAddress, bytes.count)
+        ThreadBuffer.with(atLeast: size) { base in
+            switch Self.handle(fi).content {
+            case .remote(let handle):
+                let prefetch = handle.window.withLock { $0.record(offset: offset, length: Int64(size)) }
+                do throws(StoreError) {
+                    try handle.object.read(offset: offset, count: size, prefetch: prefetch, scratch: base) { bytes in
+                        fuse_reply_buf(req, bytes.baseAddress, bytes.count)
+                    }
+                } catch {
+                    logger.warning("read failed", metadata: ["key": "\(handle.object.key)", "error": "\(error)"])
+                    fuse_reply_err(req, FileSystem.errno(error))
                 }
-            } catch {
-                logger.warning("read failed", metadata: ["key": "\(handle.object.key)", "error": "\(error)"])
-                fuse_reply_err(req, FileSystem.errno(error))
+            case .staged(let handle):
+                let count = pread(handle.file.file.fd, base, size, off_t(offset))
+                if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, base, count) }
             }
-        case .staged(let handle):
-            let count = pread(handle.file.file.fd, base, size, off_t(offset))
-            if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, base, count) }
         }
     }
 

@@ -155,44 +155,43 @@ extension FileSystem {
             fuse_reply_err(req, FileSystem.errno(error))
             return
         }
-        let oversized = size > ThreadBuffer.capacity
-        let base = oversized ? UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8) : ThreadBuffer.current()
-        defer { if oversized { base.deallocate() } }
-        let buffer = base.assumingMemoryBound(to: CChar.self)
-        var used = 0
-        /// Adds one entry if it fits; false when the reply is full.
-        func add(_ name: String, _ entry: DirEntry?, ino entryIno: UInt64, next: UInt64) -> Bool {
-            let needed = plus ? fuse_add_direntry_plus(req, nil, 0, name, nil, 0) : fuse_add_direntry(req, nil, 0, name, nil, 0)
-            guard used + needed <= size else { return false }
-            if plus {
-                var param = fuse_entry_param()
-                if let entry {
-                    param = self.entry(namespace.register(parent: ino, entry: entry))
+        ThreadBuffer.with(atLeast: size) { base in
+            let buffer = base.assumingMemoryBound(to: CChar.self)
+            var used = 0
+            /// Adds one entry if it fits; false when the reply is full.
+            func add(_ name: String, _ entry: DirEntry?, ino entryIno: UInt64, next: UInt64) -> Bool {
+                let needed = plus ? fuse_add_direntry_plus(req, nil, 0, name, nil, 0) : fuse_add_direntry(req, nil, 0, name, nil, 0)
+                guard used + needed <= size else { return false }
+                if plus {
+                    var param = fuse_entry_param()
+                    if let entry {
+                        param = self.entry(namespace.register(parent: ino, entry: entry))
+                    } else {
+                        param.attr.st_ino = UInt(entryIno)
+                        param.attr.st_mode = Glibc.S_IFDIR
+                    }
+                    used += fuse_add_direntry_plus(req, buffer + used, size - used, name, &param, off_t(next))
                 } else {
-                    param.attr.st_ino = UInt(entryIno)
-                    param.attr.st_mode = Glibc.S_IFDIR
+                    var st = Glibc.stat()
+                    switch entry?.kind {
+                    case .directory?, nil: st.st_mode = Glibc.S_IFDIR
+                    case .file?, .staged?: st.st_mode = Glibc.S_IFREG
+                    case .symlink?: st.st_mode = Glibc.S_IFLNK
+                    }
+                    st.st_ino = entry == nil ? UInt(entryIno) : UInt.max  // unknown: the kernel looks the name up when needed
+                    used += fuse_add_direntry(req, buffer + used, size - used, name, &st, off_t(next))
                 }
-                used += fuse_add_direntry_plus(req, buffer + used, size - used, name, &param, off_t(next))
-            } else {
-                var st = Glibc.stat()
-                switch entry?.kind {
-                case .directory?, nil: st.st_mode = Glibc.S_IFDIR
-                case .file?, .staged?: st.st_mode = Glibc.S_IFREG
-                case .symlink?: st.st_mode = Glibc.S_IFLNK
-                }
-                st.st_ino = entry == nil ? UInt(entryIno) : UInt.max  // unknown: the kernel looks the name up when needed
-                used += fuse_add_direntry(req, buffer + used, size - used, name, &st, off_t(next))
+                return true
             }
-            return true
+            var full = offset == 0 && !add(".", nil, ino: ino, next: 1)
+            full = full || (offset <= 1 && !add("..", nil, ino: namespace.parent(of: ino), next: 2))
+            var position = order.start(after: max(offset, DirectoryOrder.firstCookie - 1))
+            while !full && position < order.entries.count {
+                let entry = order.entries[position]
+                full = !add(entry.name, entry, ino: 0, next: order.cookies[position])
+                position += 1
+            }
+            fuse_reply_buf(req, buffer, used)
         }
-        var full = offset == 0 && !add(".", nil, ino: ino, next: 1)
-        full = full || (offset <= 1 && !add("..", nil, ino: namespace.parent(of: ino), next: 2))
-        var position = order.start(after: max(offset, DirectoryOrder.firstCookie - 1))
-        while !full && position < order.entries.count {
-            let entry = order.entries[position]
-            full = !add(entry.name, entry, ino: 0, next: order.cookies[position])
-            position += 1
-        }
-        fuse_reply_buf(req, buffer, used)
     }
 }

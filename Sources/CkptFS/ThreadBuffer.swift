@@ -11,7 +11,16 @@ enum ThreadBuffer {
         return key
     }()
 
-    static func current() -> UnsafeMutableRawPointer {
+    /// Runs `body` with at least `size` bytes of page-aligned scratch: this thread's buffer, or a one-off
+    /// allocation for a larger ask.
+    static func with(atLeast size: Int, _ body: (UnsafeMutableRawPointer) -> Void) {
+        guard size > capacity else { return body(current()) }
+        let oversized = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        defer { oversized.deallocate() }
+        body(oversized)
+    }
+
+    private static func current() -> UnsafeMutableRawPointer {
         if let existing = pthread_getspecific(key) { return existing }
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 4096)
         pthread_setspecific(key, buffer)

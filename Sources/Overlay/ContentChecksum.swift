@@ -32,10 +32,15 @@ struct ContentChecksum {
     }
 
     private mutating func endPiece() {
-        var value = piece.finalize().littleEndian
-        withUnsafeBytes(of: &value) { outer.update($0) }
+        Self.fold(piece.finalize(), into: &outer)
         piece = XXH64()
         pieceBytes = 0
+    }
+
+    /// Adds one piece's XXH64 to the outer hash, little-endian.
+    private static func fold(_ pieceSum: UInt64, into outer: inout XXH64) {
+        var value = pieceSum.littleEndian
+        withUnsafeBytes(of: &value) { outer.update($0) }
     }
 
     /// The checksum of the first `size` bytes of `fd` (fewer if it is shorter), its pieces read and hashed
@@ -66,10 +71,7 @@ struct ContentChecksum {
             }
         }
         var outer = XXH64()
-        for index in 0..<pieces {
-            var value = sums[index].littleEndian
-            withUnsafeBytes(of: &value) { outer.update($0) }
-        }
+        for index in 0..<pieces { fold(sums[index], into: &outer) }
         return outer.finalize()
     }
 }
