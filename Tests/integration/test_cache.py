@@ -86,3 +86,29 @@ def test_reads_bypass_the_page_cache_unless_asked_for_it(mounter, dataset):
     else:
         assert resident_bytes(direct / BIG_FILE) >= size
     assert sha256_file(direct / BIG_FILE) == sha256_file(cached / BIG_FILE) == dataset.sha256[BIG_FILE]
+
+
+def test_header_reads_of_many_open_files_then_whole_reads_return_every_byte(mounter, moto_client):
+    """A small first read fetches only a head of its block; the rest comes when a later read needs it.
+    With more files open than heads are kept idle (16), some heads go on fetching at once: either way
+    every byte read afterwards, inside the head and past it, is the object's."""
+    bucket = f"heads-{uuid.uuid4().hex[:8]}"
+    moto_client.create_bucket(Bucket=bucket)
+    bodies = {}
+    for index in range(20):
+        body = os.urandom(5 << 20)  # two blocks of the default 4 MiB
+        key = f"proj/job/checkpoint-1/rank-{index}/model.safetensors"
+        moto_client.put_object(Bucket=bucket, Key=key, Body=body)
+        bodies[key] = body
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    files = {key: os.open(mnt / key, os.O_RDONLY) for key in bodies}
+    try:
+        for key, fd in files.items():
+            assert os.pread(fd, 8, 0) == bodies[key][:8]
+        for key, fd in files.items():
+            assert os.pread(fd, 1000, 30_000) == bodies[key][30_000:31_000]  # inside the head
+            assert os.pread(fd, 1 << 20, 1 << 20) == bodies[key][1 << 20:2 << 20]  # past it
+            assert os.pread(fd, 6 << 20, 0) == bodies[key]
+    finally:
+        for fd in files.values():
+            os.close(fd)
