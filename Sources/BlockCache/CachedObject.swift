@@ -59,6 +59,8 @@ public final class CachedObject: @unchecked Sendable {
     /// GETs waiting for the frontier to advance.
     private var pacedFetches = 0
     private let frontierAdvanced = Condition()
+    /// Fills of this object that are idle heads (so a read skips looking for them when there are none).
+    private var idleHeads = 0
 
     /// A block being fetched. `filled`, `wakeAt`, `buffer` and `error` are guarded by the object's monitor;
     /// `hasher` belongs to the fetching thread. Readers wait on `arrived`, which is signalled only once
@@ -74,7 +76,7 @@ public final class CachedObject: @unchecked Sendable {
         var error: StoreError?
         var stored = false
         var consumed = false
-        /// A GET is filling this block.
+        /// A GET is filling this block. A fill without one is an idle head, and has no error.
         var fetching = true
         var hasher = XXH64()
 
@@ -104,7 +106,7 @@ public final class CachedObject: @unchecked Sendable {
     }
 
     deinit {
-        for fill in fills.values where !fill.fetching { context.idleHeads.release() }
+        context.idleHeads.release(idleHeads)
     }
 
     private func blockLength(_ index: Int) -> Int64 {
@@ -162,7 +164,7 @@ public final class CachedObject: @unchecked Sendable {
         while true {
             if let file = files[index] { return .file(file) }
             if let fill = fills[index] {
-                if fill.error == nil && fill.filled < bytes && !fill.fetching { resume(fill) }
+                if !fill.fetching && fill.filled < bytes { resume(fill) }
                 while fill.error == nil && fill.filled < bytes {
                     waitingReaders += 1
                     fill.wakeAt = min(fill.wakeAt, bytes)
@@ -192,7 +194,7 @@ public final class CachedObject: @unchecked Sendable {
     public var waitingReaderCount: Int { monitor.withLock { waitingReaders } }
 
     /// Blocks of which only a head has been fetched (observability for tests).
-    public var idleHeadCount: Int { monitor.withLock { fills.values.count { !$0.fetching } } }
+    public var idleHeadCount: Int { monitor.withLock { idleHeads } }
 
     /// GETs waiting for their reader to catch up (observability for tests).
     public var pacedFetchCount: Int { monitor.withLock { pacedFetches } }
@@ -213,11 +215,9 @@ public final class CachedObject: @unchecked Sendable {
             if pacedFetches > 0 { frontierAdvanced.broadcast() }
         }
         prepareStored(first...last)
-        for index in first...last {
-            if let fill = fills[index], !fill.fetching, fill.error == nil,
-                limit > Int64(index) * blockSize + fill.filled
-            {
-                resume(fill)
+        if idleHeads > 0 {
+            for index in first...last {
+                if let fill = fills[index], !fill.fetching, limit > Int64(index) * blockSize + fill.filled { resume(fill) }
             }
         }
         var covered = first
@@ -301,9 +301,13 @@ public final class CachedObject: @unchecked Sendable {
         let runFills = run.map { BlockFill(index: $0, length: blockLength($0)) }
         for fill in runFills { fills[fill.index] = fill }
         let start = Int64(run.lowerBound) * blockSize
-        let range = start..<min(size, firstBytes.map { start + $0 } ?? Int64(run.upperBound) * blockSize)
+        submitFetch(range: start..<min(size, firstBytes.map { start + $0 } ?? Int64(run.upperBound) * blockSize), fills: runFills)
+    }
+
+    /// Queues one GET of `range` into the fills of `run` on the fetch pool.
+    private func submitFetch(range: Range<Int64>, fills run: [BlockFill]) {
         logger.debug("fetch", metadata: ["key": "\(key)", "offset": "\(range.lowerBound)", "length": "\(range.count)"])
-        context.fetchers.submit { [self, runFills] in fetch(range: range, fills: runFills) }
+        context.fetchers.submit { [self] in fetch(range: range, fills: run) }
     }
 
     /// Runs on the fetch pool: streams the range into the fills' buffers, handing each completed block to
@@ -370,6 +374,7 @@ public final class CachedObject: @unchecked Sendable {
             let fill = run[current]
             guard run.count == current + 1, fill.wakeAt == .max, context.idleHeads.reserve() else { return false }
             fill.fetching = false
+            idleHeads += 1
             return true
         }
         if !idle { fetch(range: range.upperBound..<end, fills: Array(run[current...])) }
@@ -378,11 +383,10 @@ public final class CachedObject: @unchecked Sendable {
     /// Fetches the rest of an idle head's block. Call with the monitor held.
     private func resume(_ fill: BlockFill) {
         fill.fetching = true
-        context.idleHeads.release()
+        idleHeads -= 1
+        context.idleHeads.release(1)
         let start = Int64(fill.index) * blockSize
-        let range = (start + fill.filled)..<(start + fill.length)
-        logger.debug("fetch", metadata: ["key": "\(key)", "offset": "\(range.lowerBound)", "length": "\(range.count)"])
-        context.fetchers.submit { [self] in fetch(range: range, fills: [fill]) }
+        submitFetch(range: (start + fill.filled)..<(start + fill.length), fills: [fill])
     }
 
     /// Waits (on a GET's thread) until block `index` is at most `leadBlocks` past the frontier; false if
@@ -499,5 +503,8 @@ final class IdleHeads: Sendable {
         return false
     }
 
-    func release() { count.subtract(1, ordering: .relaxed) }
+    /// Gives back `places` reserved places.
+    func release(_ places: Int) {
+        if places > 0 { count.subtract(places, ordering: .relaxed) }
+    }
 }

@@ -154,7 +154,7 @@ import TestSupport
         let heads = IdleHeads(limit: 2)
         #expect(heads.reserve() && heads.reserve())
         #expect(!heads.reserve())
-        heads.release()
+        heads.release(1)
         #expect(heads.reserve())
     }
 
