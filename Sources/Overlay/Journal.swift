@@ -7,15 +7,19 @@ import ObjectStore
 /// to resume uploads after a crash, and rewritten compactly then.
 ///
 /// Lines are tab-separated; keys are percent-encoded so they hold no tabs or newlines:
+/// `boot BOOTID` (the records after it were written while the machine ran with this boot id),
 /// `written KEY` (this mount wrote KEY: it may rewrite/delete it), `forgot KEY`,
 /// `put ID FILE SIZE CHECKSUM KEY` (operation ID: upload staged file `files/FILE`, closed with SIZE bytes
-/// and this XXH64, as KEY), `done ID` (upload or
-/// operation ID finished), `delete ID KEY`, `copy ID SOURCE DESTINATION`.
+/// and this `ContentChecksum`, or `-` when it is not computed yet, as KEY), `checksum ID CHECKSUM` (the
+/// checksum of put ID, computed after its close), `done ID` (upload or operation ID finished),
+/// `delete ID KEY`, `copy ID SOURCE DESTINATION`.
 final class Journal: @unchecked Sendable {
     enum Record: Equatable {
+        case boot(String)
         case written(String)
         case forgot(String)
-        case put(id: UInt64, file: UInt64, size: Int64, checksum: UInt64, key: String)
+        case put(id: UInt64, file: UInt64, size: Int64, checksum: UInt64?, key: String)
+        case checksum(id: UInt64, checksum: UInt64)
         case delete(id: UInt64, key: String)
         case copy(id: UInt64, source: String, destination: String)
         case done(UInt64)
@@ -83,10 +87,12 @@ final class Journal: @unchecked Sendable {
     static func encode(_ record: Record) -> String {
         func k(_ key: String) -> String { S3Encoding.percentEncode(key, keepSlash: true) }
         switch record {
+        case .boot(let id): return "boot\t\(k(id))\n"
         case .written(let key): return "written\t\(k(key))\n"
         case .forgot(let key): return "forgot\t\(k(key))\n"
         case .put(let id, let file, let size, let checksum, let key):
-            return "put\t\(id)\t\(file)\t\(size)\t\(checksum)\t\(k(key))\n"
+            return "put\t\(id)\t\(file)\t\(size)\t\(checksum.map(String.init) ?? "-")\t\(k(key))\n"
+        case .checksum(let id, let checksum): return "checksum\t\(id)\t\(checksum)\n"
         case .delete(let id, let key): return "delete\t\(id)\t\(k(key))\n"
         case .copy(let id, let source, let destination): return "copy\t\(id)\t\(k(source))\t\(k(destination))\n"
         case .done(let id): return "done\t\(id)\n"
@@ -99,13 +105,18 @@ final class Journal: @unchecked Sendable {
             index < fields.count ? S3Encoding.percentDecode(fields[index], plusIsSpace: false) : nil
         }
         switch (fields.first, fields.count) {
+        case ("boot", 2): return key(1).map(Record.boot)
         case ("written", 2): return key(1).map(Record.written)
         case ("forgot", 2): return key(1).map(Record.forgot)
         case ("put", 6):
+            let sum = UInt64(fields[4])
             guard let id = UInt64(fields[1]), let file = UInt64(fields[2]), let size = Int64(fields[3]),
-                let sum = UInt64(fields[4]), let k = key(5)
+                sum != nil || fields[4] == "-", let k = key(5)
             else { return nil }
             return .put(id: id, file: file, size: size, checksum: sum, key: k)
+        case ("checksum", 3):
+            guard let id = UInt64(fields[1]), let sum = UInt64(fields[2]) else { return nil }
+            return .checksum(id: id, checksum: sum)
         case ("delete", 3):
             guard let id = UInt64(fields[1]), let k = key(2) else { return nil }
             return .delete(id: id, key: k)

@@ -1,4 +1,5 @@
 import BlockCache
+import Dispatch
 import Glibc
 import Logging
 import Namespace
@@ -17,6 +18,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         public var uploadThreads: Int
         /// Upper bound of the bytes held in staged files (`--staging-size`).
         public var stagingLimit: Int64
+        /// The machine's current boot id (`BootID`; settable for tests of recovery after a restart).
+        var bootID: String
 
         public init(
             directory: String, rootPrefix: String, upload: UploadOptions = UploadOptions(), uploadThreads: Int = 4,
@@ -27,6 +30,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             self.upload = upload
             self.uploadThreads = uploadThreads
             self.stagingLimit = stagingLimit
+            bootID = BootID.current
         }
     }
 
@@ -41,6 +45,11 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         let kind: Kind
         var attempts = 0
         var lastError: String?
+
+        /// Whether this is an upload of `file`.
+        func uploads(_ file: StagedFile) -> Bool {
+            if case .put(let other, _, _) = kind { other === file } else { false }
+        }
 
         var keys: [String] {
             switch kind {
@@ -59,7 +68,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         public var failing: [(key: String, error: String)] = []
         public var stagedFiles = 0
         public var stagedBytes: Int64 = 0
-        /// Files that were open for writing when an earlier daemon died: kept, never uploaded.
+        /// Staged files an earlier daemon left that cannot be uploaded (open for writing when it died, or
+        /// not matching their journal record): kept, never uploaded.
         public var abandoned: [String] = []
     }
 
@@ -68,6 +78,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private let journal: Journal
     private let filesDirectory: String
     private let logger = Logger(label: "ckptfs.overlay")
+    /// Computes, after `close()` has returned, the checksums of files closed without a running one.
+    private let checksummer = WorkerPool(threads: 1)
 
     // Guarded by `monitor`.
     private let monitor = Monitor()
@@ -166,19 +178,18 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         return file
     }
 
-    /// Opens an existing staged file for writing. If its closed version is uploading right now, the writer
-    /// gets a fresh copy so the upload never sees a half-written file.
+    /// Opens an existing staged file for writing. If an upload of it is running right now (its last queued
+    /// one, or an earlier one that a second close of the same content queued again), the writer gets a
+    /// fresh copy so no upload ever sees a half-written file; otherwise its queued upload is cancelled.
     public func openForWrite(_ file: StagedFile) throws(OverlayError) -> StagedFile {
-        let (uploading, cancelled) = monitor.withLock { () -> (Bool, UInt64?) in
-            guard let upload = file.upload else { return (false, nil) }
-            if let index = pending.firstIndex(where: { $0.id == upload }) {
-                pending.remove(at: index)
-                file.upload = nil
-                return (false, upload)
-            }
-            return (running[upload] != nil, nil)
+        let (uploading, cancelled) = monitor.withLock { () -> (Bool, [UInt64]) in
+            if running.values.contains(where: { $0.uploads(file) }) { return (true, []) }
+            let cancelled = pending.filter { $0.uploads(file) }.map(\.id)
+            pending.removeAll { $0.uploads(file) }
+            file.upload = nil
+            return (false, cancelled)
         }
-        if let cancelled { try journal.append([.done(cancelled)]) }
+        if !cancelled.isEmpty { try journal.append(cancelled.map { .done($0) }) }
         if uploading {
             let copy = try create(file.key)
             guard copyContents(from: file.file.fd, to: copy.file.fd) else { throw OverlayError(path: copy.path, errno: errno) }
@@ -208,8 +219,11 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     }
 
     /// Queues (journaled first) the upload of `file` if it has exactly `writers` writers and changed since
-    /// its last queued upload. The checksum is computed without the lock; if a writer opened the file
-    /// meanwhile, the upload is left to that writer's close.
+    /// its last queued upload; if a writer opened the file meanwhile, the upload is left to that writer's
+    /// close. The journal records the file's checksum when the writes gave a running one; otherwise the
+    /// checksum is computed and journaled after `close()` has returned (`journalChecksum`): a crash of the
+    /// daemon before then loses nothing, since the next daemon under the same boot id computes it from the
+    /// file the kernel still holds.
     private func enqueueUpload(_ file: StagedFile, writers: Int) throws(OverlayError) {
         let (due, generation, changes) = monitor.withLock { () -> (Bool, UInt64, UInt64) in
             let changes = file.changes.load(ordering: .acquiring)
@@ -218,23 +232,55 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
         guard due else { return }
         let size = file.size
-        let checksum = file.runningChecksum(size: size) ?? ContentChecksum.of(fd: file.file.fd, size: size)
-        try monitor.withLock { () throws(OverlayError) in
+        let checksum = file.runningChecksum(size: size)
+        let queued = try monitor.withLock { () throws(OverlayError) -> Bool in
             guard file.writers == writers, file.generation == generation, staged[file.key] === file,
                 file.changes.load(ordering: .acquiring) == changes
-            else { return }
+            else { return false }
             let id = nextID
             nextID += 1
             // An older queued upload of the same file is superseded by this one.
-            let superseded = pending.filter { if case .put(let other, _, _) = $0.kind { other === file } else { false } }
+            let superseded = pending.filter { $0.uploads(file) }
             try journal.append(superseded.map { .done($0.id) } + [.put(id: id, file: file.id, size: size, checksum: checksum, key: file.key)])
             pending.removeAll { operation in superseded.contains { $0.id == operation.id } }
             file.upload = id
             file.closed = (size, checksum)
             file.queuedChanges = changes
             pending.append(Operation(id: id, kind: .put(file, key: file.key, size: size)))
+            return true
         }
         monitor.broadcast()
+        if queued && checksum == nil {
+            checksummer.submit { [self] in journalChecksum(of: file, changes: changes) }
+        }
+    }
+
+    /// Waits until every checksum queued so far has been journaled or found unneeded (for tests).
+    func waitForChecksums() {
+        let finished = DispatchSemaphore(value: 0)
+        checksummer.submit { finished.signal() }
+        finished.wait()
+    }
+
+    /// Runs on the checksum thread: computes the checksum of `file` as closed after `changes` changes and
+    /// journals it for the file's queued or running upload, unless it is no longer needed (the file changed,
+    /// was uploaded or dropped meanwhile).
+    private func journalChecksum(of file: StagedFile, changes: UInt64) {
+        func needed() -> Bool {
+            file.upload != nil && file.closed.checksum == nil && file.queuedChanges == changes
+                && file.changes.load(ordering: .acquiring) == changes
+        }
+        guard let size = monitor.withLock({ needed() ? file.closed.size : nil }) else { return }
+        let checksum = ContentChecksum.of(fd: file.file.fd, size: size)
+        monitor.withLock {
+            guard needed(), let upload = file.upload else { return }
+            do throws(OverlayError) {
+                try journal.append([.checksum(id: upload, checksum: checksum)])
+                file.closed.checksum = checksum
+            } catch {
+                logger.warning("cannot journal the checksum of a closed file", metadata: ["key": "\(file.key)", "error": "\(error)"])
+            }
+        }
     }
 
     /// Accounts for `file` growing to `size` bytes before the bytes are written. When the staging budget is
@@ -521,21 +567,24 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// Rebuilds state from the journal: ownership of keys, and every closed file not yet uploaded is queued
     /// again (after checking its size and checksum). Staged files that were never closed are kept and reported.
     private func recover(_ records: [Journal.Record]) throws(OverlayError) {
-        var puts: [UInt64: (file: UInt64, size: Int64, checksum: UInt64, key: String)] = [:]
+        var puts: [UInt64: (file: UInt64, size: Int64, checksum: UInt64?, boot: String?, key: String)] = [:]
         var others: [(UInt64, Operation.Kind)] = []
         var done = Set<UInt64>()
+        var boot: String?
         for record in records {
             switch record {
+            case .boot(let id): boot = id
             case .written(let key): written.insert(key)
             case .forgot(let key): written.remove(key)
-            case .put(let id, let file, let size, let checksum, let key): puts[id] = (file, size, checksum, key)
+            case .put(let id, let file, let size, let checksum, let key): puts[id] = (file, size, checksum, boot, key)
+            case .checksum(let id, let checksum): puts[id]?.checksum = checksum
             case .delete(let id, let key): others.append((id, .delete(key)))
             case .copy(let id, let source, let destination): others.append((id, .copy(source, destination)))
             case .done(let id): done.insert(id)
             }
             nextID = max(nextID, Self.largestID(in: record) + 1)
         }
-        var rewritten: [Journal.Record] = written.sorted().map { .written($0) }
+        var rewritten: [Journal.Record] = [.boot(configuration.bootID)] + written.sorted().map { .written($0) }
         var claimed = Set<String>()
         var operations: [(UInt64, Operation)] = []
         for (id, put) in puts where !done.contains(id) {
@@ -546,19 +595,26 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 continue
             }
             let file = StagedFile(id: put.file, key: put.key, file: OpenFile(fd: fd), path: path)
-            guard file.size == put.size, ContentChecksum.of(fd: fd, size: put.size) == put.checksum else {
+            // Without a recorded checksum the file is trusted only if the machine has not restarted since
+            // its close: then the kernel kept every byte written, whatever happened to the daemon.
+            guard put.checksum != nil || put.boot == configuration.bootID else {
+                logger.error("staged file was closed just before the machine restarted, before its checksum was journaled; its bytes cannot be verified, not uploading", metadata: ["key": "\(put.key)"])
+                continue
+            }
+            let checksum = ContentChecksum.of(fd: fd, size: put.size)
+            guard file.size == put.size, put.checksum ?? checksum == checksum else {
                 logger.error("staged file does not match its journal record; not uploading", metadata: ["key": "\(put.key)"])
                 continue
             }
             claimed.insert(path)
             file.upload = id
-            file.closed = (put.size, put.checksum)
+            file.closed = (put.size, checksum)
             file.charged = put.size
             charged += put.size
             staged[put.key] = file
             insertLocked(put.key, .present(.staged(key: put.key)))
             operations.append((id, Operation(id: id, kind: .put(file, key: put.key, size: put.size))))
-            rewritten.append(.put(id: id, file: put.file, size: put.size, checksum: put.checksum, key: put.key))
+            rewritten.append(.put(id: id, file: put.file, size: put.size, checksum: checksum, key: put.key))
         }
         for (id, kind) in others where !done.contains(id) {
             operations.append((id, Operation(id: id, kind: kind)))
@@ -580,7 +636,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 continue
             }
             abandoned.append(path)
-            logger.warning("keeping a file that was open for writing when the previous daemon stopped; it is not uploaded", metadata: ["file": "\(path)"])
+            logger.warning("keeping a staged file that is not uploaded (open for writing when the previous daemon stopped, or not verifiable)", metadata: ["file": "\(path)"])
         }
         try journal.rewrite(rewritten)
     }
@@ -630,8 +686,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private static func largestID(in record: Journal.Record) -> UInt64 {
         switch record {
         case .put(let id, let file, _, _, _): return max(id, file)
-        case .delete(let id, _), .copy(let id, _, _), .done(let id): return id
-        case .written, .forgot: return 0
+        case .delete(let id, _), .copy(let id, _, _), .done(let id), .checksum(let id, _): return id
+        case .boot, .written, .forgot: return 0
         }
     }
 

@@ -16,8 +16,9 @@ public final class StagedFile: @unchecked Sendable {
     var modified: Int64
     /// The queued or running upload of this version, if any.
     var upload: UInt64?
-    /// Size and `ContentChecksum` of the content as last closed (what its queued upload sends).
-    var closed: (size: Int64, checksum: UInt64) = (0, 0)
+    /// Size and `ContentChecksum` of the content as last closed (what its queued upload sends); the
+    /// checksum is nil until it is computed, after the close.
+    var closed: (size: Int64, checksum: UInt64?) = (0, nil)
     /// Counts changes to the content (writes, truncates); compared with `queuedChanges` to tell whether
     /// the queued upload is still current.
     public let changes = Atomic<UInt64>(0)

@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import Namespace
 import ObjectStore
@@ -22,6 +23,26 @@ import TestSupport
         func copy(from source: String, to destination: String) throws(StoreError) -> String {
             throw .transport(operation: "CopyObject", detail: "down")
         }
+    }
+
+    /// A store whose puts wait until the test lets them go, reporting each one that has started.
+    final class GatedStore: ObjectStore {
+        let identity = "gated"
+        let started = DispatchSemaphore(value: 0)
+        let proceed = DispatchSemaphore(value: 0)
+        func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage { ListPage() }
+        func head(key: String) throws(StoreError) -> ObjectInfo { throw .notFound(key) }
+        func get(key: String, range: Range<Int64>, etag: String?, sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
+            throw .notFound(key)
+        }
+        func checkAccess(prefix: String) throws(StoreError) {}
+        func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+            started.signal()
+            proceed.wait()
+            return "etag"
+        }
+        func delete(key: String) throws(StoreError) {}
+        func copy(from source: String, to destination: String) throws(StoreError) -> String { "etag" }
     }
 
     private func write(_ file: StagedFile, _ text: String) {
@@ -50,6 +71,93 @@ import TestSupport
         #expect(throws: StoreError.self) { try LocalStore(root: bucket.path).head(key: "ckpt/open.txt") }
         #expect(recovered.status().abandoned.count == 1)
         #expect(recovered.wrote("ckpt/closed.txt"))
+    }
+
+    /// A staging directory as a daemon under boot `boot` left it: one closed file, journaled without a
+    /// checksum, plus `extra` records.
+    private func stagingAfterCrash(boot: String, extra: [Journal.Record] = []) throws -> (ScratchDirectory, Overlay.Configuration) {
+        let staging = ScratchDirectory()
+        let directory = staging.path + "/remote"
+        try Overlay.makePrivateDirectory(directory)
+        try Overlay.makePrivateDirectory(directory + "/files")
+        let fd = open(directory + "/files/1", O_WRONLY | O_CREAT, 0o600)
+        _ = "closed bytes".withCString { Glibc.write(fd, $0, strlen($0)) }
+        close(fd)
+        try Journal(path: directory + "/journal").append(
+            [.boot(boot), .written("ckpt/a.bin"), .put(id: 2, file: 1, size: 12, checksum: nil, key: "ckpt/a.bin")] + extra)
+        return (staging, Overlay.Configuration(directory: directory, rootPrefix: ""))
+    }
+
+    private func checksum(of text: String) -> UInt64 {
+        var sum = ContentChecksum()
+        text.utf8CString.withUnsafeBytes { sum.update(UnsafeRawBufferPointer(rebasing: $0.dropLast())) }
+        return sum.finalize()
+    }
+
+    @Test func aFileClosedWithoutAChecksumIsUploadedAfterADaemonCrashButNotAfterARestart() throws {
+        for (recoveryBoot, uploaded) in [("boot-A", true), ("boot-B", false)] {
+            let (staging, left) = try stagingAfterCrash(boot: "boot-A")
+            var configuration = left
+            configuration.bootID = recoveryBoot
+            let bucket = ScratchDirectory()
+            let recovered = try Overlay(store: LocalStore(root: bucket.path), configuration: configuration)
+            #expect(recovered.sync(prefix: "").isEmpty)
+            let head = try? LocalStore(root: bucket.path).head(key: "ckpt/a.bin")
+            #expect((head?.size == 12) == uploaded, "recovered under \(recoveryBoot)")
+            #expect(recovered.status().abandoned.count == (uploaded ? 0 : 1))
+            _ = staging
+        }
+    }
+
+    @Test func aChecksumJournaledAfterTheCloseVerifiesTheFileAfterARestart() throws {
+        for (recorded, uploaded) in [(checksum(of: "closed bytes"), true), (checksum(of: "closed byteZ"), false)] {
+            let (staging, left) = try stagingAfterCrash(boot: "boot-A", extra: [.checksum(id: 2, checksum: recorded)])
+            var configuration = left
+            configuration.bootID = "boot-B"
+            let bucket = ScratchDirectory()
+            let recovered = try Overlay(store: LocalStore(root: bucket.path), configuration: configuration)
+            #expect(recovered.sync(prefix: "").isEmpty)
+            #expect(((try? LocalStore(root: bucket.path).head(key: "ckpt/a.bin")) != nil) == uploaded)
+            _ = staging
+        }
+    }
+
+    @Test func theChecksumOfAFileClosedWithoutOneIsJournaledAfterTheClose() throws {
+        let staging = ScratchDirectory()
+        let configuration = Overlay.Configuration(directory: staging.path + "/remote", rootPrefix: "")
+        let overlay = try Overlay(store: UnreachableStore(), configuration: configuration)
+        let file = try overlay.create("ckpt/closed.txt")
+        write(file, "closed bytes")  // not through recordWrite: no running checksum
+        try overlay.releaseWriter(file)
+        overlay.waitForChecksums()
+        let records = Journal.read(configuration.directory + "/journal")
+        guard let put = records.firstIndex(where: { if case .put(_, _, 12, nil, "ckpt/closed.txt") = $0 { true } else { false } }),
+            case .put(let id, _, _, _, _) = records[put], put + 1 < records.count
+        else {
+            Issue.record("close journaled \(records)")
+            return
+        }
+        #expect(records[put + 1] == .checksum(id: id, checksum: checksum(of: "closed bytes")))
+    }
+
+    @Test func reopeningAFileWhileAnEarlierUploadOfItRunsWritesToACopy() throws {
+        let staging = ScratchDirectory()
+        let store = GatedStore()
+        let overlay = try Overlay(
+            store: store, configuration: .init(directory: staging.path + "/r", rootPrefix: "", uploadThreads: 1))
+        let file = try overlay.create("m.bin")
+        write(file, "first")
+        try overlay.flushWriter(file)  // close() of a dup: the upload is queued...
+        store.started.wait()  // ...and running
+        file.changes.add(1, ordering: .releasing)  // the last close of a passthrough writer counts as a change
+        try overlay.releaseWriter(file)  // queued again, behind the running one
+        let writer = try overlay.openForWrite(file)
+        #expect(writer !== file, "the running upload would read bytes the writer changes")
+        store.proceed.signal()
+        store.proceed.signal()
+        try overlay.releaseWriter(writer)
+        store.proceed.signal()
+        #expect(overlay.sync(prefix: "").isEmpty)
     }
 
     @Test func renamingAQueuedFileUploadsItUnderTheNewNameOnly() throws {

@@ -1,0 +1,14 @@
+import Glibc
+
+/// The kernel's random id of the current boot (`/proc/sys/kernel/random/boot_id`). Staged files written
+/// under the same boot id were not lost by a machine restart: their bytes are in the page cache or on disk
+/// even if the daemon that wrote them died.
+enum BootID {
+    static let current: String = {
+        guard let file = fopen("/proc/sys/kernel/random/boot_id", "r") else { return "" }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 64)
+        guard fgets(&line, Int32(line.count), file) != nil else { return "" }
+        return String(cString: line).filter { !$0.isWhitespace }
+    }()
+}
