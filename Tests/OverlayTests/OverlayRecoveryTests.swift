@@ -6,16 +6,22 @@ import Testing
 import TestSupport
 @testable import Overlay
 
+/// A store with no objects in it, for tests of the write path.
+protocol EmptyStore: ObjectStore {}
+
+extension EmptyStore {
+    func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage { ListPage() }
+    func head(key: String) throws(StoreError) -> ObjectInfo { throw .notFound(key) }
+    func get(key: String, range: Range<Int64>, etag: String?, sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
+        throw .notFound(key)
+    }
+    func checkAccess(prefix: String) throws(StoreError) {}
+}
+
 @Suite struct OverlayRecoveryTests {
     /// A store whose writes fail, standing in for a server that is down.
-    final class UnreachableStore: ObjectStore {
+    final class UnreachableStore: EmptyStore {
         let identity = "down"
-        func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage { ListPage() }
-        func head(key: String) throws(StoreError) -> ObjectInfo { throw .notFound(key) }
-        func get(key: String, range: Range<Int64>, etag: String?, sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
-            throw .notFound(key)
-        }
-        func checkAccess(prefix: String) throws(StoreError) {}
         func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
             throw .transport(operation: "PutObject", detail: "down")
         }
@@ -26,16 +32,10 @@ import TestSupport
     }
 
     /// A store whose puts wait until the test lets them go, reporting each one that has started.
-    final class GatedStore: ObjectStore {
+    final class GatedStore: EmptyStore {
         let identity = "gated"
         let started = DispatchSemaphore(value: 0)
         let proceed = DispatchSemaphore(value: 0)
-        func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage { ListPage() }
-        func head(key: String) throws(StoreError) -> ObjectInfo { throw .notFound(key) }
-        func get(key: String, range: Range<Int64>, etag: String?, sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
-            throw .notFound(key)
-        }
-        func checkAccess(prefix: String) throws(StoreError) {}
         func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
             started.signal()
             proceed.wait()
