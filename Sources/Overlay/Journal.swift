@@ -12,6 +12,7 @@ import ObjectStore
 /// `put ID FILE SIZE CHECKSUM KEY` (operation ID: upload staged file `files/FILE`, closed with SIZE bytes
 /// and this `ContentChecksum`, or `-` when it is not computed yet, as KEY), `checksum ID CHECKSUM` (the
 /// checksum of put ID, computed after its close), `done ID` (upload or operation ID finished),
+/// `cancel ID` (put ID will not run: its file is being written again),
 /// `delete ID KEY`, `copy ID SOURCE DESTINATION`.
 final class Journal: @unchecked Sendable {
     enum Record: Equatable {
@@ -23,6 +24,7 @@ final class Journal: @unchecked Sendable {
         case delete(id: UInt64, key: String)
         case copy(id: UInt64, source: String, destination: String)
         case done(UInt64)
+        case cancelled(UInt64)
     }
 
     let path: String
@@ -96,6 +98,7 @@ final class Journal: @unchecked Sendable {
         case .delete(let id, let key): return "delete\t\(id)\t\(k(key))\n"
         case .copy(let id, let source, let destination): return "copy\t\(id)\t\(k(source))\t\(k(destination))\n"
         case .done(let id): return "done\t\(id)\n"
+        case .cancelled(let id): return "cancel\t\(id)\n"
         }
     }
 
@@ -124,6 +127,7 @@ final class Journal: @unchecked Sendable {
             guard let id = UInt64(fields[1]), let source = key(2), let destination = key(3) else { return nil }
             return .copy(id: id, source: source, destination: destination)
         case ("done", 2): return UInt64(fields[1]).map(Record.done)
+        case ("cancel", 2): return UInt64(fields[1]).map(Record.cancelled)
         default: return nil
         }
     }

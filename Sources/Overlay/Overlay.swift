@@ -79,7 +79,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private let filesDirectory: String
     private let logger = Logger(label: "ckptfs.overlay")
     /// Computes, after `close()` has returned, the checksums of files closed without a running one.
-    private let checksummer = WorkerPool(threads: 1)
+    let checksummer = WorkerPool(threads: 1)
 
     // Guarded by `monitor`.
     private let monitor = Monitor()
@@ -189,7 +189,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             file.upload = nil
             return (false, cancelled)
         }
-        if !cancelled.isEmpty { try journal.append(cancelled.map { .done($0) }) }
+        if !cancelled.isEmpty { try journal.append(cancelled.map { .cancelled($0) }) }
         if uploading {
             let copy = try create(file.key)
             guard copyContents(from: file.file.fd, to: copy.file.fd) else { throw OverlayError(path: copy.path, errno: errno) }
@@ -263,20 +263,27 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     }
 
     /// Runs on the checksum thread: computes the checksum of `file` as closed after `changes` changes and
-    /// journals it for the file's queued or running upload, unless it is no longer needed (the file changed,
-    /// was uploaded or dropped meanwhile).
+    /// journals it for the file's queued or running upload, unless it is no longer needed (the file was
+    /// reopened, uploaded or dropped meanwhile). If the file changed without being reopened, a descriptor
+    /// still open for writing (a duplicate of the one closed) wrote to it: the upload queued at that close
+    /// no longer describes a closed file, so it is cancelled (journaled `done`; the last close queues the
+    /// file again, and a crash before then leaves it kept and reported, never uploaded half-written).
     private func journalChecksum(of file: StagedFile, changes: UInt64) {
-        func needed() -> Bool {
-            file.upload != nil && file.closed.checksum == nil && file.queuedChanges == changes
-                && file.changes.load(ordering: .acquiring) == changes
-        }
-        guard let size = monitor.withLock({ needed() ? file.closed.size : nil }) else { return }
-        let checksum = ContentChecksum.of(fd: file.file.fd, size: size)
+        func current() -> Bool { file.upload != nil && file.closed.checksum == nil && file.queuedChanges == changes }
+        func unchanged() -> Bool { file.changes.load(ordering: .acquiring) == changes }
+        let size = monitor.withLock { current() && unchanged() ? file.closed.size : nil }
+        let checksum = size.map { ContentChecksum.of(fd: file.file.fd, size: $0) }
         monitor.withLock {
-            guard needed(), let upload = file.upload else { return }
+            guard current(), let upload = file.upload else { return }
             do throws(OverlayError) {
-                try journal.append([.checksum(id: upload, checksum: checksum)])
-                file.closed.checksum = checksum
+                if let checksum, unchanged() {
+                    try journal.append([.checksum(id: upload, checksum: checksum)])
+                    file.closed.checksum = checksum
+                } else {
+                    try journal.append([.cancelled(upload)])
+                    pending.removeAll { $0.id == upload }
+                    file.upload = nil
+                }
             } catch {
                 logger.warning("cannot journal the checksum of a closed file", metadata: ["key": "\(file.key)", "error": "\(error)"])
             }
@@ -570,6 +577,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         var puts: [UInt64: (file: UInt64, size: Int64, checksum: UInt64?, boot: String?, key: String)] = [:]
         var others: [(UInt64, Operation.Kind)] = []
         var done = Set<UInt64>()
+        var cancelled = Set<UInt64>()
         var boot: String?
         for record in records {
             switch record {
@@ -581,6 +589,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             case .delete(let id, let key): others.append((id, .delete(key)))
             case .copy(let id, let source, let destination): others.append((id, .copy(source, destination)))
             case .done(let id): done.insert(id)
+            case .cancelled(let id):
+                done.insert(id)
+                cancelled.insert(id)
             }
             nextID = max(nextID, Self.largestID(in: record) + 1)
         }
@@ -597,7 +608,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             let file = StagedFile(id: put.file, key: put.key, file: OpenFile(fd: fd), path: path)
             // Without a recorded checksum the file is trusted only if the machine has not restarted since
             // its close: then the kernel kept every byte written, whatever happened to the daemon.
-            guard put.checksum != nil || put.boot == configuration.bootID else {
+            guard put.checksum != nil || (put.boot == configuration.bootID && !configuration.bootID.isEmpty) else {
                 logger.error("staged file was closed just before the machine restarted, before its checksum was journaled; its bytes cannot be verified, not uploading", metadata: ["key": "\(put.key)"])
                 continue
             }
@@ -628,7 +639,11 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         for name in PrivateDirectory.names(in: filesDirectory) {
             if let id = UInt64(name) { nextID = max(nextID, id + 1) }
         }
-        let uploaded = Set(puts.filter { done.contains($0.key) }.map { String($0.value.file) })
+        // A staged file whose last put was uploaded is left over from just after its upload; one whose last
+        // put was cancelled was being written again, and is kept.
+        var lastPut: [UInt64: UInt64] = [:]
+        for (id, put) in puts { lastPut[put.file] = max(lastPut[put.file] ?? 0, id) }
+        let uploaded = Set(lastPut.filter { done.contains($0.value) && !cancelled.contains($0.value) }.map { String($0.key) })
         for name in PrivateDirectory.names(in: filesDirectory) where !claimed.contains("\(filesDirectory)/\(name)") {
             let path = "\(filesDirectory)/\(name)"
             if uploaded.contains(name) {
@@ -686,7 +701,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private static func largestID(in record: Journal.Record) -> UInt64 {
         switch record {
         case .put(let id, let file, _, _, _): return max(id, file)
-        case .delete(let id, _), .copy(let id, _, _), .done(let id), .checksum(let id, _): return id
+        case .delete(let id, _), .copy(let id, _, _), .done(let id), .cancelled(let id), .checksum(let id, _): return id
         case .boot, .written, .forgot: return 0
         }
     }

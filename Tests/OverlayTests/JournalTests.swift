@@ -10,7 +10,7 @@ import TestSupport
         let records: [Journal.Record] = [
             .boot("0b1c2d3e-aaaa-4bbb-8ccc-123456789abc"),
             .written("p/a b\tc\nd+é.bin"), .put(id: 7, file: 3, size: 12, checksum: UInt64.max, key: "p/a b\tc\nd+é.bin"),
-            .put(id: 10, file: 4, size: 0, checksum: nil, key: "z"), .checksum(id: 10, checksum: 0),
+            .put(id: 10, file: 4, size: 0, checksum: nil, key: "z"), .checksum(id: 10, checksum: 0), .cancelled(10),
             .copy(id: 8, source: "x/1", destination: "y/2"), .delete(id: 9, key: "x/1"), .done(7), .forgot("q"),
         ]
         let journal = try Journal(path: path)

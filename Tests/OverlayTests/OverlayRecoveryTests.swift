@@ -140,6 +140,71 @@ extension EmptyStore {
         #expect(records[put + 1] == .checksum(id: id, checksum: checksum(of: "closed bytes")))
     }
 
+    @Test func writesAfterACloseThroughAStillOpenDescriptorCancelTheUploadThatCloseQueued() throws {
+        let staging = ScratchDirectory()
+        let configuration = Overlay.Configuration(directory: staging.path + "/remote", rootPrefix: "")
+        do {
+            let overlay = try Overlay(store: UnreachableStore(), configuration: configuration)
+            let file = try overlay.create("ckpt/dup.txt")
+            write(file, "closed bytes")
+            let gate = DispatchSemaphore(value: 0)
+            overlay.checksummer.submit { gate.wait() }  // the checksum of the close waits behind this
+            try overlay.flushWriter(file)  // close() of one of two descriptors of the handle
+            write(file, "rewritten...")  // through the other one, still open
+            gate.signal()
+            overlay.waitForChecksums()
+            let records = Journal.read(configuration.directory + "/journal")
+            guard case .put(let id, _, _, nil, _) = records.first(where: { if case .put = $0 { true } else { false } }) else {
+                Issue.record("journal \(records)")
+                return
+            }
+            #expect(records.last == .cancelled(id))
+            #expect(!records.contains(.checksum(id: id, checksum: checksum(of: "rewritten..."))))
+        }
+        // A crash now: the file was being written, so it is kept and reported, not uploaded.
+        let bucket = ScratchDirectory()
+        let recovered = try Overlay(store: LocalStore(root: bucket.path), configuration: configuration)
+        #expect(recovered.sync(prefix: "").isEmpty)
+        #expect((try? LocalStore(root: bucket.path).head(key: "ckpt/dup.txt")) == nil)
+        #expect(recovered.status().abandoned.count == 1)
+    }
+
+    @Test func aClosedFileReopenedForWritingAtTheCrashIsKept() throws {
+        let staging = ScratchDirectory()
+        let configuration = Overlay.Configuration(directory: staging.path + "/remote", rootPrefix: "")
+        do {
+            var single = configuration
+            single.uploadThreads = 1
+            let store = GatedStore()
+            let overlay = try Overlay(store: store, configuration: single)
+            let blocker = try overlay.create("ckpt/first.txt")
+            write(blocker, "first")
+            try overlay.releaseWriter(blocker)
+            store.started.wait()  // the only upload thread is busy (until the crash), so the next put waits
+            let file = try overlay.create("ckpt/again.txt")
+            write(file, "closed bytes")
+            try overlay.releaseWriter(file)
+            let writer = try overlay.openForWrite(file)  // its queued upload is cancelled
+            #expect(writer === file)
+            write(writer, "half-writte")
+        }
+        let bucket = ScratchDirectory()
+        let recovered = try Overlay(store: LocalStore(root: bucket.path), configuration: configuration)
+        #expect(recovered.sync(prefix: "").isEmpty)
+        #expect(recovered.status().abandoned.count == 1, "the file open for writing is kept")
+    }
+
+    @Test func anUnknownBootIDNeverMatches() throws {
+        let (staging, left) = try stagingAfterCrash(boot: "")
+        var configuration = left
+        configuration.bootID = ""
+        let bucket = ScratchDirectory()
+        let recovered = try Overlay(store: LocalStore(root: bucket.path), configuration: configuration)
+        #expect(recovered.sync(prefix: "").isEmpty)
+        #expect((try? LocalStore(root: bucket.path).head(key: "ckpt/a.bin")) == nil)
+        _ = staging
+    }
+
     @Test func reopeningAFileWhileAnEarlierUploadOfItRunsWritesToACopy() throws {
         let staging = ScratchDirectory()
         let store = GatedStore()
