@@ -45,6 +45,12 @@ extension EmptyStore {
         func copy(from source: String, to destination: String) throws(StoreError) -> String { "etag" }
     }
 
+    /// An empty staging directory and the configuration of an overlay on it (and of the one recovering after it).
+    private func freshStaging() -> (ScratchDirectory, Overlay.Configuration) {
+        let staging = ScratchDirectory()
+        return (staging, Overlay.Configuration(directory: staging.path + "/remote", rootPrefix: ""))
+    }
+
     private func write(_ file: StagedFile, _ text: String) {
         _ = text.withCString { pwrite(file.file.fd, $0, strlen($0), 0) }
         file.changes.add(1, ordering: .releasing)
@@ -123,8 +129,8 @@ extension EmptyStore {
     }
 
     @Test func theChecksumOfAFileClosedWithoutOneIsJournaledAfterTheClose() throws {
-        let staging = ScratchDirectory()
-        let configuration = Overlay.Configuration(directory: staging.path + "/remote", rootPrefix: "")
+        let (staging, configuration) = freshStaging()
+        defer { withExtendedLifetime(staging) {} }
         let overlay = try Overlay(store: UnreachableStore(), configuration: configuration)
         let file = try overlay.create("ckpt/closed.txt")
         write(file, "closed bytes")  // not through recordWrite: no running checksum
@@ -141,8 +147,8 @@ extension EmptyStore {
     }
 
     @Test func writesAfterACloseThroughAStillOpenDescriptorCancelTheUploadThatCloseQueued() throws {
-        let staging = ScratchDirectory()
-        let configuration = Overlay.Configuration(directory: staging.path + "/remote", rootPrefix: "")
+        let (staging, configuration) = freshStaging()
+        defer { withExtendedLifetime(staging) {} }
         do {
             let overlay = try Overlay(store: UnreachableStore(), configuration: configuration)
             let file = try overlay.create("ckpt/dup.txt")
@@ -170,8 +176,8 @@ extension EmptyStore {
     }
 
     @Test func aClosedFileReopenedForWritingAtTheCrashIsKept() throws {
-        let staging = ScratchDirectory()
-        let configuration = Overlay.Configuration(directory: staging.path + "/remote", rootPrefix: "")
+        let (staging, configuration) = freshStaging()
+        defer { withExtendedLifetime(staging) {} }
         do {
             var single = configuration
             single.uploadThreads = 1
