@@ -266,7 +266,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// journals it for the file's queued or running upload, unless it is no longer needed (the file was
     /// reopened, uploaded or dropped meanwhile). If the file changed without being reopened, a descriptor
     /// still open for writing (a duplicate of the one closed) wrote to it: the upload queued at that close
-    /// no longer describes a closed file, so it is cancelled (journaled `done`; the last close queues the
+    /// no longer describes a closed file, so it is cancelled (journaled `cancel`; the last close queues the
     /// file again, and a crash before then leaves it kept and reported, never uploaded half-written).
     private func journalChecksum(of file: StagedFile, changes: UInt64) {
         func current() -> Bool { file.upload != nil && file.closed.checksum == nil && file.queuedChanges == changes }
@@ -612,8 +612,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 logger.error("staged file was closed just before the machine restarted, before its checksum was journaled; its bytes cannot be verified, not uploading", metadata: ["key": "\(put.key)"])
                 continue
             }
-            let checksum = ContentChecksum.of(fd: fd, size: put.size)
-            guard file.size == put.size, put.checksum ?? checksum == checksum else {
+            let checksum = file.size == put.size ? ContentChecksum.of(fd: fd, size: put.size) : nil
+            guard let checksum, put.checksum ?? checksum == checksum else {
                 logger.error("staged file does not match its journal record; not uploading", metadata: ["key": "\(put.key)"])
                 continue
             }
