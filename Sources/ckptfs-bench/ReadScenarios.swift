@@ -10,13 +10,14 @@ extension Bench {
         for run in 1...runs {
             sample(id, "curl", run: run) {
                 try prime([key])
-                let transfer = try origin.get(key: key)
+                let (transfer, cpu) = try CPUAccount.measure(bytes: size) { try origin.get(key: key) }
+                results.record("curl", cpu, in: id)
                 return megabytesPerSecond(transfer.bytes, transfer.seconds)
             }
             for contender in contenders {
                 sample(id, contender.rawValue, run: run) {
                     try prime([key])
-                    return try withMount(contender) { try timedRead($0, key, size: size) }
+                    return try withMount(contender) { try timedRead($0, key, size: size, accountingIn: id) }
                 }
             }
         }
@@ -71,11 +72,13 @@ extension Bench {
         }
     }
 
-    /// Reads `key` through `mounted` from start to end with 1 MiB reads; returns MB/s.
-    func timedRead(_ mounted: MountedFileSystem, _ key: String, size: Int64) throws -> Double {
-        let seconds = try mounted.guarded(timeout: 600) {
-            try Clock.measure { try Files.read(mounted.path(key), expected: size) }
+    /// Reads `key` through `mounted` from start to end with 1 MiB reads; returns MB/s. With `accountingIn`,
+    /// also records the read's CPU split in that scenario.
+    func timedRead(_ mounted: MountedFileSystem, _ key: String, size: Int64, accountingIn id: String? = nil) throws -> Double {
+        let (seconds, cpu) = try CPUAccount.measure(bytes: size) {
+            try mounted.guarded(timeout: 600) { try Clock.measure { try Files.read(mounted.path(key), expected: size) } }
         }
+        if let id { results.record(mounted.contender.rawValue, cpu, in: id) }
         return megabytesPerSecond(size, seconds)
     }
 
@@ -159,11 +162,14 @@ extension Bench {
             sample(id, "curl", run: run) {
                 try prime(keys)
                 let commands = keys.map(origin.getCommand)
-                let seconds = try Clock.measure {
-                    try inParallel(commands.count) { index in
-                        try Shell.check(commands[index], timeout: 900)
+                let (seconds, cpu) = try CPUAccount.measure(bytes: total) {
+                    try Clock.measure {
+                        try inParallel(commands.count) { index in
+                            try Shell.check(commands[index], timeout: 900)
+                        }
                     }
                 }
+                results.record("curl", cpu, in: id)
                 return megabytesPerSecond(total, seconds)
             }
             for contender in contenders {
@@ -171,13 +177,16 @@ extension Bench {
                     try prime(keys)
                     return try withMount(contender) { mounted in
                         let paths = keys.map(mounted.path)
-                        let seconds = try mounted.guarded(timeout: 900) {
-                            try Clock.measure {
-                                try inParallel(paths.count) { index in
-                                    try Files.read(paths[index], expected: size)
+                        let (seconds, cpu) = try CPUAccount.measure(bytes: total) {
+                            try mounted.guarded(timeout: 900) {
+                                try Clock.measure {
+                                    try inParallel(paths.count) { index in
+                                        try Files.read(paths[index], expected: size)
+                                    }
                                 }
                             }
                         }
+                        results.record(contender.rawValue, cpu, in: id)
                         return megabytesPerSecond(total, seconds)
                     }
                 }

@@ -50,6 +50,31 @@ enum Report {
 
     static func ratioText(_ ratio: Double?) -> String { ratio.map { String(format: "%.2f×", $0) } ?? "–" }
 
+    /// The CPU split of the rows that have one (medians), and the throughput it allows on `cores` cores.
+    static func cpuTable(_ scenario: ScenarioResult, cores: Int) -> [String] {
+        let rows = scenario.rows.filter { !$0.cpu.isEmpty }
+        guard !rows.isEmpty else { return [] }
+        var lines = [
+            "",
+            "Where the \(cores) cores' time went during the transfer (medians over the runs), in core-seconds per GiB: the "
+                + "origin's processes, and everything else that was busy (the tool, the reader, the kernel's work for them). "
+                + "*Bound* is the throughput at which that work alone fills the cores: `cores / (origin + client)`.",
+            "",
+            "| tool | origin (core-s/GiB) | client side (core-s/GiB) | idle | bound (MB/s) |",
+            "|---|---|---|---|---|",
+        ]
+        for row in rows {
+            let origin = Row.median(row.cpu.map(\.origin)) ?? 0
+            let client = Row.median(row.cpu.map(\.client)) ?? 0
+            let idle = Row.median(row.cpu.map(\.idle)) ?? 0
+            let bound = origin + client > 0 ? Double(cores) / (origin + client) * Double(1 << 30) / 1e6 : 0
+            let name = Contender(rawValue: row.tool)?.label ?? row.tool
+            lines.append(
+                "| \(name) | \(format(origin)) | \(format(client)) | \(String(format: "%.0f %%", idle * 100)) | \(format(bound)) |")
+        }
+        return lines
+    }
+
     static func markdown(_ raw: RawResults, jsonName: String) -> String {
         var lines: [String] = []
         lines.append("# Benchmarks")
@@ -109,6 +134,7 @@ enum Report {
                 lines.append(
                     "| \(name) | \(format(median)) | \(format(low)) | \(format(high)) | \(ratioText(scenario.ratio(row))) |")
             }
+            lines.append(contentsOf: cpuTable(scenario, cores: raw.machine.cores))
         }
         lines.append("")
         return lines.joined(separator: "\n")

@@ -17,10 +17,14 @@ struct Row: Codable, Sendable {
     var failure: String?
     /// The row this one is compared to; nil means the scenario's baseline.
     var reference: String?
+    /// Where the machine's CPU time went in each sample, in scenarios that account for it.
+    var cpu: [CPUSplit] = []
 
-    var median: Double? {
-        guard !samples.isEmpty else { return nil }
-        let sorted = samples.sorted()
+    var median: Double? { Self.median(samples) }
+
+    static func median(_ values: [Double]) -> Double? {
+        guard !values.isEmpty else { return nil }
+        let sorted = values.sorted()
         let middle = sorted.count / 2
         return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
     }
@@ -75,6 +79,11 @@ final class Results {
     func record(_ tool: String, _ value: Double, in id: String) {
         expect(tool, in: id)
         update(tool, in: id) { $0.samples.append(value) }
+    }
+
+    func record(_ tool: String, _ split: CPUSplit, in id: String) {
+        expect(tool, in: id)
+        update(tool, in: id) { $0.cpu.append(split) }
     }
 
     func fail(_ tool: String, _ error: any Error, in id: String) {
