@@ -17,7 +17,7 @@ public final class FileSystem: Sendable {
         public var metadataTTL: Double
         /// Kernel cache time of "no such file" answers, seconds.
         public var negativeTTL: Double
-        /// Reported `st_blksize`: tools size their I/O by it.
+        /// Reported `st_blksize` of files: tools size their I/O by it.
         public var ioSize: Int
         public var initialReadAhead: Int64
         public var maximumReadAhead: Int64
@@ -88,6 +88,9 @@ public final class FileSystem: Sendable {
         registry.flush()
     }
 
+    /// `st_blksize` of directories.
+    static let directoryBlockSize = 4096
+
     func stat(_ attributes: Attributes) -> stat {
         var st = Glibc.stat()
         st.st_ino = UInt(attributes.ino)
@@ -105,6 +108,9 @@ public final class FileSystem: Sendable {
         case .directory:
             st.st_mode = Glibc.S_IFDIR | (writable ? 0o755 : 0o555)
             st.st_nlink = 2
+            // As ext4's: glibc's readdir sizes its getdents buffer by it (at least 32 KiB), and the kernel
+            // allocates a buffer of that size for every READDIR. 1 MiB made each of them cost a vmalloc.
+            st.st_blksize = Self.directoryBlockSize
         case .file(let info):
             let mine = writable && (settings.allowOverwrite || overlay?.wrote(info.key) == true)
             st.st_mode = Glibc.S_IFREG | (mine ? 0o644 : 0o444)

@@ -53,6 +53,15 @@ def test_stat_reports_object_sizes(dataset_mount, dataset):
     assert os.stat(dataset_mount / BIG_FILE).st_size == BIG_SIZE
 
 
+def test_files_report_1_mib_io_size_and_directories_4_kib(dataset_mount):
+    # glibc's readdir sizes its buffer by a directory's st_blksize, and the kernel one per READDIR by that.
+    for dirpath, _, filenames in os.walk(dataset_mount):
+        assert os.stat(dirpath).st_blksize == 4096, dirpath
+        for path in (os.path.join(dirpath, name) for name in filenames):
+            if not os.path.islink(path):
+                assert os.stat(path).st_blksize == 1 << 20, path
+
+
 def test_directory_with_more_keys_than_one_listing_page(dataset_mount):
     result = run(["bash", "-c", 'ls "$1" | wc -l', "ls", dataset_mount / BIG_DIR])
     assert result.stdout.strip() == str(BIG_DIR_COUNT)
