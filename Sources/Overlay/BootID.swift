@@ -7,8 +7,8 @@ enum BootID {
     static let current: String = {
         guard let file = fopen("/proc/sys/kernel/random/boot_id", "r") else { return "" }
         defer { fclose(file) }
-        var line = [CChar](repeating: 0, count: 64)
-        guard fgets(&line, Int32(line.count), file) != nil else { return "" }
-        return String(cString: line).filter { !$0.isWhitespace }
+        var line = [UInt8](repeating: 0, count: 64)
+        let count = fread(&line, 1, line.count, file)
+        return String(decoding: line[..<count], as: UTF8.self).filter { !$0.isWhitespace }
     }()
 }

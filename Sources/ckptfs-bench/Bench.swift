@@ -61,6 +61,14 @@ final class Bench {
 
     func megabytesPerSecond(_ bytes: Int64, _ seconds: Double) -> Double { Double(bytes) / seconds / 1e6 }
 
+    /// Runs `body`, a transfer of `bytes` by `tool`, and records in scenario `id` where the machine's CPU
+    /// time went meanwhile (`CPUAccount`).
+    func accounted<T>(_ id: String, _ tool: String, bytes: Int64, _ body: () throws -> T) throws -> T {
+        let (value, cpu) = try CPUAccount.measure(bytes: bytes, body)
+        results.record(tool, cpu, in: id)
+        return value
+    }
+
     /// Runs `count` bodies on their own threads at once and waits for all; fails with the first failure.
     func inParallel(_ count: Int, _ body: @escaping @Sendable (Int) throws -> Void) throws {
         let group = DispatchGroup()

@@ -10,8 +10,7 @@ extension Bench {
         for run in 1...runs {
             sample(id, "curl", run: run) {
                 try prime([key])
-                let (transfer, cpu) = try CPUAccount.measure(bytes: size) { try origin.get(key: key) }
-                results.record("curl", cpu, in: id)
+                let transfer = try accounted(id, "curl", bytes: size) { try origin.get(key: key) }
                 return megabytesPerSecond(transfer.bytes, transfer.seconds)
             }
             for contender in contenders {
@@ -75,10 +74,10 @@ extension Bench {
     /// Reads `key` through `mounted` from start to end with 1 MiB reads; returns MB/s. With `accountingIn`,
     /// also records the read's CPU split in that scenario.
     func timedRead(_ mounted: MountedFileSystem, _ key: String, size: Int64, accountingIn id: String? = nil) throws -> Double {
-        let (seconds, cpu) = try CPUAccount.measure(bytes: size) {
+        let read = {
             try mounted.guarded(timeout: 600) { try Clock.measure { try Files.read(mounted.path(key), expected: size) } }
         }
-        if let id { results.record(mounted.contender.rawValue, cpu, in: id) }
+        let seconds = try id.map { try accounted($0, mounted.contender.rawValue, bytes: size, read) } ?? read()
         return megabytesPerSecond(size, seconds)
     }
 
@@ -162,14 +161,13 @@ extension Bench {
             sample(id, "curl", run: run) {
                 try prime(keys)
                 let commands = keys.map(origin.getCommand)
-                let (seconds, cpu) = try CPUAccount.measure(bytes: total) {
+                let seconds = try accounted(id, "curl", bytes: total) {
                     try Clock.measure {
                         try inParallel(commands.count) { index in
                             try Shell.check(commands[index], timeout: 900)
                         }
                     }
                 }
-                results.record("curl", cpu, in: id)
                 return megabytesPerSecond(total, seconds)
             }
             for contender in contenders {
@@ -177,7 +175,7 @@ extension Bench {
                     try prime(keys)
                     return try withMount(contender) { mounted in
                         let paths = keys.map(mounted.path)
-                        let (seconds, cpu) = try CPUAccount.measure(bytes: total) {
+                        let seconds = try accounted(id, contender.rawValue, bytes: total) {
                             try mounted.guarded(timeout: 900) {
                                 try Clock.measure {
                                     try inParallel(paths.count) { index in
@@ -186,7 +184,6 @@ extension Bench {
                                 }
                             }
                         }
-                        results.record(contender.rawValue, cpu, in: id)
                         return megabytesPerSecond(total, seconds)
                     }
                 }
