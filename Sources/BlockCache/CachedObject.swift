@@ -340,8 +340,7 @@ public final class CachedObject: @unchecked Sendable {
                     }
                     let take = Int(min(Int64(chunk.count - consumed), fill.length - written))
                     let piece = UnsafeRawBufferPointer(rebasing: chunk[consumed..<(consumed + take)])
-                    (buffer!.pointer + Int(written)).copyMemory(from: piece.baseAddress!, byteCount: take)
-                    fill.hasher.update(piece)
+                    fill.hasher.update(piece, copyingTo: buffer!.pointer + Int(written))
                     written += Int64(take)
                     consumed += take
                     received += Int64(take)

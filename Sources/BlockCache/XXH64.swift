@@ -44,12 +44,25 @@ public struct XXH64: Sendable {
     }
 
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        absorb(bytes, copyingTo: nil)
+    }
+
+    /// Hashes `bytes` and copies them to `destination` in the same pass: each word is loaded once for
+    /// both, where a copy followed by a hash reads the bytes twice.
+    public mutating func update(_ bytes: UnsafeRawBufferPointer, copyingTo destination: UnsafeMutableRawPointer) {
+        absorb(bytes, copyingTo: destination)
+    }
+
+    @inline(__always) private mutating func absorb(
+        _ bytes: UnsafeRawBufferPointer, copyingTo destination: UnsafeMutableRawPointer?
+    ) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         total &+= UInt64(bytes.count)
         var offset = 0
         let count = bytes.count
         if pendingCount > 0 {
             let take = min(32 - pendingCount, count)
+            destination?.copyMemory(from: base, byteCount: take)
             withUnsafeMutableBytes(of: &pending) { stripe in
                 stripe.baseAddress!.advanced(by: pendingCount).copyMemory(from: base, byteCount: take)
             }
@@ -63,16 +76,35 @@ public struct XXH64: Sendable {
             pendingCount = 0
         }
         var a = v1, b = v2, c = v3, d = v4
-        while count - offset >= 32 {
-            a = Self.round(a, UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)))
-            b = Self.round(b, UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)))
-            c = Self.round(c, UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 16, as: UInt64.self)))
-            d = Self.round(d, UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 24, as: UInt64.self)))
-            offset += 32
+        if let destination {
+            while count - offset >= 32 {
+                let w0 = bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                let w1 = bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)
+                let w2 = bytes.loadUnaligned(fromByteOffset: offset + 16, as: UInt64.self)
+                let w3 = bytes.loadUnaligned(fromByteOffset: offset + 24, as: UInt64.self)
+                destination.storeBytes(of: w0, toByteOffset: offset, as: UInt64.self)
+                destination.storeBytes(of: w1, toByteOffset: offset + 8, as: UInt64.self)
+                destination.storeBytes(of: w2, toByteOffset: offset + 16, as: UInt64.self)
+                destination.storeBytes(of: w3, toByteOffset: offset + 24, as: UInt64.self)
+                a = Self.round(a, UInt64(littleEndian: w0))
+                b = Self.round(b, UInt64(littleEndian: w1))
+                c = Self.round(c, UInt64(littleEndian: w2))
+                d = Self.round(d, UInt64(littleEndian: w3))
+                offset += 32
+            }
+        } else {
+            while count - offset >= 32 {
+                a = Self.round(a, UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)))
+                b = Self.round(b, UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)))
+                c = Self.round(c, UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 16, as: UInt64.self)))
+                d = Self.round(d, UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 24, as: UInt64.self)))
+                offset += 32
+            }
         }
         v1 = a; v2 = b; v3 = c; v4 = d
         if offset < count {
             let rest = count - offset
+            destination?.advanced(by: offset).copyMemory(from: base.advanced(by: offset), byteCount: rest)
             withUnsafeMutableBytes(of: &pending) { stripe in
                 stripe.baseAddress!.copyMemory(from: base.advanced(by: offset), byteCount: rest)
             }

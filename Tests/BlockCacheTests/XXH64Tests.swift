@@ -31,4 +31,27 @@ import Testing
             #expect(hasher.finalize() == expected)
         }
     }
+
+    @Test func copyingUpdateHashesAndCopiesEveryByteForAnySplit() {
+        let data = (0..<777).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 5) }
+        let expected = hash(data)
+        for split in [1, 3, 31, 32, 33, 100, 500] {
+            var hasher = XXH64()
+            var copy = [UInt8](repeating: 0, count: data.count)
+            copy.withUnsafeMutableBytes { destination in
+                data.withUnsafeBytes { raw in
+                    var offset = 0
+                    while offset < data.count {
+                        let end = min(offset + split, data.count)
+                        hasher.update(
+                            UnsafeRawBufferPointer(rebasing: raw[offset..<end]),
+                            copyingTo: destination.baseAddress! + offset)
+                        offset = end
+                    }
+                }
+            }
+            #expect(hasher.finalize() == expected)
+            #expect(copy == data)
+        }
+    }
 }
