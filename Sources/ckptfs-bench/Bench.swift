@@ -25,7 +25,9 @@ final class Bench {
 
     /// Reads objects once with curl, untimed, so the origin serves them from its page cache for every
     /// contender alike (this VM reclaims page-cache pages idle for about a minute).
+    /// First removes the caches of earlier mounts (see `CacheDirectories`).
     func prime(_ keys: [String]) throws {
+        try mounter.caches.discardUnused()
         for key in keys { _ = try origin.get(key: key) }
     }
 
@@ -35,6 +37,7 @@ final class Bench {
         _ contender: Contender, cacheDir: String? = nil, _ body: (MountedFileSystem) throws -> T
     ) throws -> T {
         let mounted = try mounter.mount(contender, cacheDir: cacheDir)
+        defer { mounter.caches.release(mounted.cacheDir) }
         let value: T
         do {
             value = try body(mounted)

@@ -88,6 +88,7 @@ struct BenchCommand: ParsableCommand {
             bench.results.judge(scenario.id, scenario.check)
             for (filled, check) in zip(scenario.alsoFills, scenario.alsoChecks) { bench.results.judge(filled.id, check) }
         }
+        try mounter.caches.discardUnused()
         let raw = RawResults(
             scale: scale.name, runs: runs, machine: .describe(), scenarios: bench.results.scenarios)
         try write(raw, report: report, json: json)

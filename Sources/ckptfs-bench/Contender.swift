@@ -22,6 +22,14 @@ struct Mounter: Sendable {
     let origin: Origin
     let workDir: String
     let ckptfsBinary: String
+    let caches: CacheDirectories
+
+    init(origin: Origin, workDir: String, ckptfsBinary: String) {
+        self.origin = origin
+        self.workDir = workDir
+        self.ckptfsBinary = ckptfsBinary
+        caches = CacheDirectories(workDir: workDir)
+    }
 
     /// Options given to each contender, for the report.
     static let options: [(Contender, String)] = [
@@ -55,9 +63,23 @@ struct Mounter: Sendable {
     /// Mounts `contender` at a fresh mountpoint. With `cacheDir`, that cache (of an earlier mount) is reused.
     func mount(_ contender: Contender, cacheDir reused: String? = nil) throws -> MountedFileSystem {
         let base = "\(workDir)/\(contender.rawValue)"
+        let cacheDir: String
+        if let reused {
+            caches.reuse(reused)
+            cacheDir = reused
+        } else {
+            cacheDir = try caches.fresh(under: base)
+        }
+        do {
+            return try mount(contender, base: base, cacheDir: cacheDir)
+        } catch {
+            caches.release(cacheDir)
+            throw error
+        }
+    }
+
+    private func mount(_ contender: Contender, base: String, cacheDir: String) throws -> MountedFileSystem {
         let mountpoint = "\(base)/mnt"
-        let cacheDir = reused ?? "\(base)/cache"
-        if reused == nil { try Files.fresh(cacheDir) }
         try Files.makePrivateDirectory(mountpoint)
         let staging = "\(base)/staging"
         try Files.fresh(staging)

@@ -94,7 +94,11 @@ enum Report {
         lines.append("")
         lines.append("## Method")
         lines.append("")
-        lines.append("- Every contender mounts the same bucket on the same origin, with a fresh cache directory per mount.")
+        lines.append(
+            "- Every contender mounts the same bucket on the same origin, with a fresh cache directory per mount. "
+                + "Earlier caches are removed before the origin is primed for the next measurement, followed by "
+                + "`sync` and `drop_caches`: this VM's ext4 has no journal and, for a minute or more after a "
+                + "deletion, checks every recently deleted inode when it creates a file.")
         for (contender, options) in Mounter.options { lines.append("  - \(contender.label): \(options)") }
         lines.append(
             "- The data is generated deterministically and uploaded in single PUTs. Before every cold measurement the "
