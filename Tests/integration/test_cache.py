@@ -80,11 +80,14 @@ def test_reads_bypass_the_page_cache_unless_asked_for_it(mounter, dataset):
             while f.read(1 << 20):
                 pass
     size = os.stat(cached / BIG_FILE).st_size
-    assert resident_bytes(cached / BIG_FILE) >= size  # whole pages
+    # Clean page-cache pages may be reclaimed at any moment (a CI run once lost one 512 KiB folio of this
+    # 40 MiB file), so "kept" means at least 90 %; a direct read keeps none at all.
+    kept = size * 9 // 10
+    assert resident_bytes(cached / BIG_FILE) >= kept
     if (major, minor) >= (6, 6):
         assert resident_bytes(direct / BIG_FILE) == 0
     else:
-        assert resident_bytes(direct / BIG_FILE) >= size
+        assert resident_bytes(direct / BIG_FILE) >= kept
     assert sha256_file(direct / BIG_FILE) == sha256_file(cached / BIG_FILE) == dataset.sha256[BIG_FILE]
 
 
