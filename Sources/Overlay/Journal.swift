@@ -35,39 +35,56 @@ final class Journal: @unchecked Sendable {
         self.path = path
         fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw OverlayError(path: path, errno: errno) }
+        try Self.syncDirectory(of: path)
     }
 
     deinit { close(fd) }
 
-    /// Appends records durably (one `fdatasync` for all of them).
+    /// Appends records durably (one `fdatasync` for all of them). A write that fails part-way is cut
+    /// off again, so the next record does not land on the same line as the torn one.
     func append(_ records: [Record]) throws(OverlayError) {
         let text = records.map(Self.encode).joined()
         try monitor.withLock { () throws(OverlayError) in
+            let end = lseek(fd, 0, SEEK_END)
             let ok = text.utf8CString.withUnsafeBufferPointer { buffer in
                 writeAll(fd, UnsafeRawBufferPointer(start: buffer.baseAddress, count: buffer.count - 1))
             }
-            guard ok, fdatasync(fd) == 0 else { throw OverlayError(path: path, errno: errno) }
+            guard ok, fdatasync(fd) == 0 else {
+                let code = errno
+                if end >= 0 { _ = ftruncate(fd, end) }
+                throw OverlayError(path: path, errno: code)
+            }
         }
     }
 
     /// Replaces the journal with exactly `records` (atomically: temporary file, fsync, rename).
     func rewrite(_ records: [Record]) throws(OverlayError) {
         let temp = path + ".new"
-        let newFD = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let newFD = open(temp, O_WRONLY | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard newFD >= 0 else { throw OverlayError(path: temp, errno: errno) }
         let text = records.map(Self.encode).joined()
         let ok = text.utf8CString.withUnsafeBufferPointer { buffer in
             writeAll(newFD, UnsafeRawBufferPointer(start: buffer.baseAddress, count: buffer.count - 1))
         }
         guard ok, fsync(newFD) == 0, rename(temp, path) == 0 else {
+            let code = errno
             close(newFD)
-            throw OverlayError(path: temp, errno: errno)
+            throw OverlayError(path: temp, errno: code)
         }
-        try monitor.withLock { () throws(OverlayError) in
+        monitor.withLock {
             close(fd)
             fd = newFD
-            _ = lseek(fd, 0, SEEK_END)
         }
+        try Self.syncDirectory(of: path)
+    }
+
+    /// Makes the journal's directory entry durable (after creating or renaming it).
+    private static func syncDirectory(of path: String) throws(OverlayError) {
+        let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+        let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw OverlayError(path: directory, errno: errno) }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw OverlayError(path: directory, errno: errno) }
     }
 
     /// Every well-formed record in the file at `path` (a torn last line from a crash is ignored).

@@ -45,6 +45,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         let kind: Kind
         var attempts = 0
         var lastError: String?
+        /// A failed operation is not retried before this `CLOCK_REALTIME` second (0: at once).
+        var retryAt: Double = 0
 
         /// Whether this is an upload of `file`.
         func uploads(_ file: StagedFile) -> Bool {
@@ -133,6 +135,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     public func wrote(_ key: String) -> Bool {
         monitor.withLock { written.contains(key) || staged[key] != nil }
     }
+
+    /// The largest object in the store a rename can move (by server-side copy).
+    public var copyLimit: Int64 { store.copyLimit }
 
     /// The staged file behind `key`, if any.
     public func stagedFile(_ key: String) -> StagedFile? {
@@ -429,6 +434,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         ])
         written.insert(destination)
         written.remove(source)
+        if let old = staged.removeValue(forKey: destination) { discardLocked(old) }
         let (parent, name) = NameRules.split(source)
         if case .present(.file(let info)) = tree[parent]?[name] {
             insertLocked(destination, .present(.file(info)))
@@ -447,11 +453,26 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     public func sync(prefix: String) -> [String] {
         monitor.lock()
         defer { monitor.unlock() }
+        func under(_ operation: Operation) -> Bool { operation.keys.contains { $0.hasPrefix(prefix) } }
         while true {
-            let open = (pending + running.values).filter { $0.keys.contains { $0.hasPrefix(prefix) } }
-            if open.isEmpty { return [] }
-            let permanent = open.filter { $0.attempts >= Self.attemptsBeforeReporting }
-            if permanent.count == open.count { return permanent.flatMap(\.keys) }
+            guard running.values.allSatisfy({ !under($0) }) else {
+                monitor.wait()
+                continue
+            }
+            // Failing for good: an operation that failed often, and any queued after it on one of its keys
+            // (which waits for it).
+            var stuck = Set<String>()
+            var failing: [String] = []
+            var waiting = false
+            for operation in pending {
+                if operation.attempts >= Self.attemptsBeforeReporting || operation.keys.contains(where: stuck.contains) {
+                    stuck.formUnion(operation.keys)
+                    if under(operation) && operation.attempts > 0 { failing += operation.keys }
+                } else if under(operation) {
+                    waiting = true
+                }
+            }
+            if !waiting { return failing }
             monitor.wait()
         }
     }
@@ -495,16 +516,29 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             monitor.lock()
             var index: Int?
             while index == nil {
+                // The first operation none of whose keys is busy or used by an earlier queued one (which
+                // keeps the operations on each key in order, also while one of them waits to be retried).
+                let now = Self.now()
+                var retry = Double.infinity
                 let busy = Set(running.values.flatMap(\.keys))
                 var earlier = Set<String>()
                 for (position, operation) in pending.enumerated() {
                     if operation.keys.allSatisfy({ !busy.contains($0) && !earlier.contains($0) }) {
-                        index = position
-                        break
+                        if operation.retryAt <= now {
+                            index = position
+                            break
+                        }
+                        retry = min(retry, operation.retryAt)
                     }
                     earlier.formUnion(operation.keys)
                 }
-                if index == nil { monitor.wait() }
+                if index == nil {
+                    if retry.isFinite {
+                        _ = monitor.wait(until: timespec(tv_sec: Int(retry), tv_nsec: Int(retry.truncatingRemainder(dividingBy: 1) * 1e9)))
+                    } else {
+                        monitor.wait()
+                    }
+                }
             }
             var operation = pending.remove(at: index!)
             running[operation.id] = operation
@@ -516,13 +550,21 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             running.removeValue(forKey: operation.id)
             if let error {
                 operation.lastError = error.description
+                operation.retryAt = Self.now() + Double(min(30_000, 250 << min(operation.attempts, 7))) / 1000
                 logger.warning("upload operation failed; will retry", metadata: ["keys": "\(operation.keys)", "error": "\(error)"])
-                pending.append(operation)
+                // Back in its place: the operations queued after it on the same keys wait for it.
+                pending.insert(operation, at: pending.firstIndex { $0.id > operation.id } ?? pending.endIndex)
             }
             monitor.unlock()
             monitor.broadcast()
-            if error != nil { usleep(useconds_t(min(30_000, 250 << min(operation.attempts, 7)) * 1000)) }
         }
+    }
+
+    /// `CLOCK_REALTIME` in seconds (the clock of `Monitor`'s timed waits).
+    private static func now() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 
     /// Runs one operation against the store and records it done. Returns the failure, if any.
@@ -559,7 +601,14 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         try? journal.append([.done(id)])
         monitor.withLock {
             uploadedKeys.insert(info.key)
-            guard file.upload == id, file.key == info.key else { return }
+            guard file.upload == id, file.key == info.key else {
+                // Dropped (rewritten, deleted or renamed over) while this upload ran: nothing refers to the
+                // staged file any more, so it goes now (writers still holding it keep their descriptor).
+                if staged[file.key] !== file && !pending.contains(where: { $0.uploads(file) }) {
+                    Glibc.unlink(file.path)
+                }
+                return
+            }
             file.upload = nil
             guard file.writers == 0, staged[file.key] === file else { return }
             staged.removeValue(forKey: file.key)
@@ -598,7 +647,14 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         var rewritten: [Journal.Record] = [.boot(configuration.bootID)] + written.sorted().map { .written($0) }
         var claimed = Set<String>()
         var operations: [(UInt64, Operation)] = []
-        for (id, put) in puts where !done.contains(id) {
+        // A key with several unfinished puts (rewritten while its upload ran) gets only its newest
+        // verifiable one; the older ones are superseded.
+        var unfinished: [String: [UInt64]] = [:]
+        for (id, put) in puts where !done.contains(id) { unfinished[put.key, default: []].append(id) }
+        var superseded = Set<UInt64>()
+        for id in unfinished.values.flatMap({ $0.sorted(by: >) }) {
+            let put = puts[id]!
+            if superseded.contains(id) { continue }
             let path = "\(filesDirectory)/\(put.file)"
             let fd = open(path, O_RDWR | O_CLOEXEC)
             guard fd >= 0 else {
@@ -617,6 +673,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 logger.error("staged file does not match its journal record; not uploading", metadata: ["key": "\(put.key)"])
                 continue
             }
+            superseded.formUnion(unfinished[put.key]!.filter { $0 < id })
             claimed.insert(path)
             file.upload = id
             file.closed = (put.size, checksum)
@@ -639,11 +696,13 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         for name in PrivateDirectory.names(in: filesDirectory) {
             if let id = UInt64(name) { nextID = max(nextID, id + 1) }
         }
-        // A staged file whose last put was uploaded is left over from just after its upload; one whose last
-        // put was cancelled was being written again, and is kept.
+        // A staged file whose last put was uploaded is left over from just after its upload, one whose last
+        // put was superseded is an older version of a key queued again: both go. One whose last put was
+        // cancelled was being written again, and is kept.
         var lastPut: [UInt64: UInt64] = [:]
         for (id, put) in puts { lastPut[put.file] = max(lastPut[put.file] ?? 0, id) }
-        let uploaded = Set(lastPut.filter { done.contains($0.value) && !cancelled.contains($0.value) }.map { String($0.key) })
+        let finished = done.union(superseded)
+        let uploaded = Set(lastPut.filter { finished.contains($0.value) && !cancelled.contains($0.value) }.map { String($0.key) })
         for name in PrivateDirectory.names(in: filesDirectory) where !claimed.contains("\(filesDirectory)/\(name)") {
             let path = "\(filesDirectory)/\(name)"
             if uploaded.contains(name) {

@@ -67,7 +67,8 @@ extension EmptyStore {
             try overlay.releaseWriter(closed)
             let open = try overlay.create("ckpt/open.txt")
             write(open, "half")
-            #expect(overlay.status().queued + overlay.status().inFlight == 1)
+            let status = overlay.status()
+            #expect(status.queued + status.inFlight == 1)
         }
         // "Crash": a new overlay on the same staging directory, now with a reachable store.
         let recovered = try Overlay(store: LocalStore(root: bucket.path), configuration: configuration)

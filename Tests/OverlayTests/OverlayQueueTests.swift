@@ -1,0 +1,128 @@
+import Glibc
+import Namespace
+import ObjectStore
+import Synchronization
+import Testing
+import TestSupport
+@testable import Overlay
+
+/// The order of queued operations on one key, and what happens to staged files replaced meanwhile.
+@Suite struct OverlayQueueTests {
+    /// A local bucket whose first `copyFailures` copies fail, as a server's transient error would.
+    final class FlakyCopyStore: ObjectStore {
+        let bucket: LocalStore
+        let copyFailures: Atomic<Int>
+        var identity: String { bucket.identity }
+
+        init(root: String, copyFailures: Int) {
+            bucket = LocalStore(root: root)
+            self.copyFailures = Atomic(copyFailures)
+        }
+
+        func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage {
+            try bucket.list(prefix: prefix, delimiter: delimiter, continuationToken: continuationToken, maxKeys: maxKeys)
+        }
+        func head(key: String) throws(StoreError) -> ObjectInfo { try bucket.head(key: key) }
+        func get(key: String, range: Range<Int64>, etag: String?, sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
+            try bucket.get(key: key, range: range, etag: etag, sink: sink)
+        }
+        func checkAccess(prefix: String) throws(StoreError) {}
+        func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+            try bucket.put(key: key, fd: fd, size: size, options: options)
+        }
+        func delete(key: String) throws(StoreError) { try bucket.delete(key: key) }
+        func copy(from source: String, to destination: String) throws(StoreError) -> String {
+            if copyFailures.subtract(1, ordering: .relaxed).newValue >= 0 {
+                throw .transport(operation: "CopyObject", detail: "connection reset")
+            }
+            return try bucket.copy(from: source, to: destination)
+        }
+    }
+
+    private func write(_ file: StagedFile, _ text: String) {
+        _ = text.withCString { pwrite(file.file.fd, $0, strlen($0), 0) }
+        file.changes.add(1, ordering: .releasing)
+    }
+
+    private func putObject(_ text: String, as key: String, in root: String) throws {
+        let source = ScratchDirectory()
+        let path = source.path + "/object"
+        let fd = open(path, O_RDWR | O_CREAT, 0o600)
+        defer { close(fd) }
+        _ = text.withCString { pwrite(fd, $0, strlen($0), 0) }
+        _ = try LocalStore(root: root).put(key: key, fd: fd, size: Int64(text.utf8.count), options: UploadOptions())
+    }
+
+    @Test func aFailedCopyIsRetriedBeforeTheDeleteOfItsSource() throws {
+        let staging = ScratchDirectory()
+        let bucket = ScratchDirectory()
+        try putObject("weights", as: "tmp-checkpoint-1/model.bin", in: bucket.path)
+        let overlay = try Overlay(
+            store: FlakyCopyStore(root: bucket.path, copyFailures: 1),
+            configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
+        try overlay.rename("tmp-checkpoint-1/model.bin", to: "checkpoint-1/model.bin", sourceInStore: true)
+        #expect(overlay.sync(prefix: "").isEmpty)
+        let keys = try LocalStore(root: bucket.path).listAll(prefix: "", delimiter: nil).objects.map(\.key)
+        #expect(keys == ["checkpoint-1/model.bin"], "the source was deleted before its copy succeeded")
+    }
+
+    @Test func renamingAStoredFileOverAStagedOneDropsTheStagedOne() throws {
+        let staging = ScratchDirectory()
+        let overlay = try Overlay(
+            store: OverlayRecoveryTests.UnreachableStore(), configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
+        let old = try overlay.create("ckpt/b.bin")
+        write(old, "old b")
+        try overlay.releaseWriter(old)
+        let info = ObjectInfo(key: "ckpt/a.bin", size: 7, modified: 0, etag: "e")
+        try overlay.rename("ckpt/a.bin", to: "ckpt/b.bin", sourceInStore: true, sourceInfo: info)
+        #expect(overlay.stagedFile("ckpt/b.bin") == nil)
+        #expect(overlay.change(in: "ckpt/", name: "b.bin") == .present(.file(info)))
+        #expect(overlay.status().queued == 2, "only the copy and the delete of the source are left")
+        #expect(access(old.path, F_OK) != 0)
+    }
+
+    @Test func aFileReplacedWhileItUploadsIsRemovedOnceTheUploadEnds() throws {
+        let staging = ScratchDirectory()
+        let store = OverlayRecoveryTests.GatedStore()
+        let overlay = try Overlay(
+            store: store, configuration: .init(directory: staging.path + "/r", rootPrefix: "", uploadThreads: 1))
+        let first = try overlay.create("ckpt/latest.pt")
+        write(first, "first")
+        try overlay.releaseWriter(first)
+        store.started.wait()
+        let second = try overlay.create("ckpt/latest.pt")  // rewritten while the first upload runs
+        write(second, "second")
+        try overlay.releaseWriter(second)
+        store.proceed.signal()
+        store.proceed.signal()
+        #expect(overlay.sync(prefix: "").isEmpty)
+        #expect(access(first.path, F_OK) != 0, "the replaced version is left in the staging dir")
+        #expect(access(second.path, F_OK) != 0)
+    }
+
+    @Test func recoveryQueuesOnlyTheNewestOfTwoUnfinishedPutsOfOneKey() throws {
+        let staging = ScratchDirectory()
+        let directory = staging.path + "/remote"
+        try Overlay.makePrivateDirectory(directory)
+        try Overlay.makePrivateDirectory(directory + "/files")
+        for (file, text) in [(1, "old version"), (3, "new version!")] {
+            let fd = open(directory + "/files/\(file)", O_WRONLY | O_CREAT, 0o600)
+            _ = text.withCString { Glibc.write(fd, $0, strlen($0)) }
+            close(fd)
+        }
+        // The file was rewritten while its first upload ran (a copy, files/3), then the daemon died.
+        try Journal(path: directory + "/journal").append([
+            .boot("boot-A"), .written("ckpt/latest.pt"),
+            .put(id: 2, file: 1, size: 11, checksum: nil, key: "ckpt/latest.pt"),
+            .put(id: 4, file: 3, size: 12, checksum: nil, key: "ckpt/latest.pt"),
+        ])
+        var configuration = Overlay.Configuration(directory: directory, rootPrefix: "")
+        configuration.bootID = "boot-A"
+        let recovered = try Overlay(store: OverlayRecoveryTests.UnreachableStore(), configuration: configuration)
+        #expect(recovered.stagedAttributes(key: "ckpt/latest.pt")?.size == 12)
+        let status = recovered.status()
+        #expect(status.queued + status.inFlight == 1)
+        #expect(access(directory + "/files/1", F_OK) != 0, "the superseded version is kept")
+        #expect(recovered.status().abandoned.isEmpty)
+    }
+}
