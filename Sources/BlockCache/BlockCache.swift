@@ -110,7 +110,8 @@ public final class BlockCache: Sendable {
         let path = path(for: key)
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
-            forget(key)
+            // Only a file that is gone leaves the index; out of descriptors (EMFILE) it stays counted.
+            if errno == ENOENT { forget(key) }
             return nil
         }
         return (entry, fd, path)

@@ -30,7 +30,11 @@ public final class CachedObject: @unchecked Sendable {
 
     // Guarded by `monitor`.
     private let monitor = Monitor()
+    /// Cache files open for reading blocks not in memory, at most `openFileLimit` (oldest closed first;
+    /// a reader still using one keeps its descriptor until it is done).
     private var files: [Int: OpenFile] = [:]
+    private var openOrder: [Int] = []
+    private static let openFileLimit = 16
     private var fills: [Int: BlockFill] = [:]
     private var waitingReaders = 0
     /// Blocks known to be in the disk cache: lets read-ahead decisions skip the cache's index (a hint;
@@ -181,7 +185,7 @@ public final class CachedObject: @unchecked Sendable {
             let cached = cache.open(BlockKey(object: id, index: index))
             monitor.lock()
             if let cached {
-                if files[index] == nil { files[index] = cached }
+                if files[index] == nil { keepOpen(cached, index) }
                 continue
             }
             if fills[index] == nil && files[index] == nil {
@@ -189,6 +193,17 @@ public final class CachedObject: @unchecked Sendable {
             }
         }
     }
+
+    /// Keeps `file` open for block `index`, closing the oldest beyond `openFileLimit`. Call with the
+    /// monitor held.
+    private func keepOpen(_ file: OpenFile, _ index: Int) {
+        files[index] = file
+        openOrder.append(index)
+        while openOrder.count > Self.openFileLimit { files.removeValue(forKey: openOrder.removeFirst()) }
+    }
+
+    /// Cache files held open (observability for tests).
+    public var openFileCount: Int { monitor.withLock { files.count } }
 
     /// Readers blocked on a block in flight (observability for tests).
     public var waitingReaderCount: Int { monitor.withLock { waitingReaders } }

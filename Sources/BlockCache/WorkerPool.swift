@@ -1,7 +1,9 @@
 /// A fixed set of threads running submitted work in FIFO order. Fetches run here, never on FUSE workers.
 public final class WorkerPool: @unchecked Sendable {
     private let monitor = Monitor()
-    private var queue: [@Sendable () -> Void] = []
+    /// Work not started yet is at `head` and after; started work is cleared at once, so nothing it
+    /// captured (a `CachedObject` with its open files and block buffers) outlives its run.
+    private var queue: [(@Sendable () -> Void)?] = []
     private var head = 0
 
     public init(threads: Int) {
@@ -21,7 +23,8 @@ public final class WorkerPool: @unchecked Sendable {
         while true {
             monitor.lock()
             while head == queue.count { monitor.wait() }
-            let work = queue[head]
+            let work = queue[head]!
+            queue[head] = nil
             head += 1
             if head > 1024 && head * 2 > queue.count {
                 queue.removeFirst(head)

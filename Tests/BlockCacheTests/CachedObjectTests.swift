@@ -79,6 +79,25 @@ import TestSupport
         #expect(store.gets.load(ordering: .relaxed) == gets)
     }
 
+    @Test func readsFromTheDiskCacheKeepABoundedNumberOfFilesOpen() throws {
+        let scratch = ScratchDirectory()
+        let data = pattern(40 * Int(blockSize))
+        let store = CountingStore(objects: ["obj": data])
+        let registry = makeRegistry(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
+        _ = try read(registry.acquire(try store.head(key: "obj")), 0, data.count, prefetch: Int64(data.count))
+        registry.flush()
+        let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
+        // The first pass loads each block into memory; the second reads them from their cache files.
+        for pass in 0..<2 {
+            for block in 0..<40 {
+                let offset = block * Int(blockSize) + 7 + pass
+                #expect(try read(object, Int64(offset), 1) == [data[offset]])
+            }
+        }
+        #expect(object.openFileCount > 0)
+        #expect(object.openFileCount <= 16)
+    }
+
     @Test func aCorruptStoredBlockAheadOfAReaderIsFetchedAgainAndServedRight() throws {
         let scratch = ScratchDirectory()
         let data = pattern(Int(blockSize) * 4)
