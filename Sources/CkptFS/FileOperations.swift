@@ -324,6 +324,7 @@ extension FileSystem {
                 } else if target != nil {
                     throw FileError(ENOTDIR)
                 }
+                try checkMovable(prefix, overlay: overlay)
                 try renameDirectory(prefix, to: destination + "/", overlay: overlay)
                 let sourceParent = try keyOf(parent, "")
                 let remote = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: sourceParent, name: name) }
@@ -346,9 +347,25 @@ extension FileSystem {
 
     // MARK: Helpers
 
-    /// Renames one file; returns whether its source was in the store (then copied and deleted there).
+    /// Fails with `EXDEV` if a file below `prefix` is a stored object too large for a server-side copy,
+    /// before anything is renamed (`mv` then copies and deletes instead).
+    private func checkMovable(_ prefix: String, overlay: Overlay) throws(FileError) {
+        for entry in try namespaceCall({ () throws(NamespaceError) in try namespace.entries(prefix: prefix) }) {
+            switch entry.kind {
+            case .directory(let child): try checkMovable(child, overlay: overlay)
+            case .file(let info) where info.size > overlay.copyLimit: throw FileError(EXDEV)
+            default: continue
+            }
+        }
+    }
+
+    /// Renames one file; returns whether its source was in the store (then copied and deleted there). A
+    /// stored object too large for a server-side copy is not renamed (`EXDEV`).
     private func renameFile(_ source: String, kind: EntryKind, to destination: String, overlay: Overlay) throws(FileError) -> Bool {
-        if case .file(let info) = kind { _ = try writableOverlay(for: info.key, protectedBy: settings.allowDelete) }
+        if case .file(let info) = kind {
+            _ = try writableOverlay(for: info.key, protectedBy: settings.allowDelete)
+            if info.size > overlay.copyLimit { throw FileError(EXDEV) }
+        }
         let (parent, name) = NameRules.split(source)
         let inStore = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: parent, name: name) } != nil
         var sourceInfo: ObjectInfo?

@@ -23,6 +23,11 @@ final class CurlHandle: @unchecked Sendable {
         /// What the sink or the body read threw inside a callback (libcurl then reports an abort).
         var callbackError: StoreError?
         var delivered: Int64 = 0
+        /// The byte range asked for: the body is checked to start there, and cut off at its end.
+        var range: Range<Int64>?
+        var rangeChecked = false
+        /// The transfer was stopped on purpose once the whole range had arrived (more came).
+        var stoppedAtEnd = false
         var body: RequestBody?
         /// Offset in `body` of the next byte libcurl asks for; libcurl seeks it back to resend.
         var bodyPosition: Int64 = 0
@@ -71,6 +76,7 @@ final class CurlHandle: @unchecked Sendable {
         let transfer = Transfer(raw: raw)
         transfer.sink = sink
         transfer.body = body
+        transfer.range = range
         let context = Unmanaged.passRetained(transfer)
         defer { context.release() }
 
@@ -169,11 +175,26 @@ private let curlWriteCallback: curl_write_callback = { data, size, count, userda
     }
     let status = transfer.response.status
     if let sink = transfer.sink, (200..<300).contains(status) {
+        var count = total
+        if let range = transfer.range {
+            if !transfer.rangeChecked {
+                transfer.rangeChecked = true
+                if let problem = transfer.rangeProblem(range) {
+                    transfer.callbackError = .invalidResponse(problem)
+                    return 0
+                }
+            }
+            count = Int(min(Int64(total), Int64(range.count) - transfer.delivered))
+        }
         do throws(StoreError) {
-            try sink(UnsafeRawBufferPointer(start: data, count: total))
-            transfer.delivered += Int64(total)
+            try sink(UnsafeRawBufferPointer(start: data, count: count))
+            transfer.delivered += Int64(count)
         } catch {
             transfer.callbackError = error
+            return 0
+        }
+        if count < total {
+            transfer.stoppedAtEnd = true
             return 0
         }
     } else {
@@ -183,6 +204,27 @@ private let curlWriteCallback: curl_write_callback = { data, size, count, userda
         }
     }
     return total
+}
+
+extension CurlHandle.Transfer {
+    /// Why the answer's body does not hold `range` from its start, or nil when it does: a 206 whose
+    /// `Content-Range` starts at the offset asked for, or a 200 (the whole object) when that offset is 0.
+    /// A server or proxy may ignore `Range`; serving those bytes as the range's would be wrong data.
+    func rangeProblem(_ range: Range<Int64>) -> String? {
+        switch response.status {
+        case 206:
+            let value = response.headers["content-range"] ?? ""
+            let first = value.split(separator: " ").last?.split(separator: "-").first.flatMap { Int64($0) }
+            guard value.hasPrefix("bytes "), first == range.lowerBound else {
+                return "GET of bytes \(range.lowerBound)-\(range.upperBound - 1) answered with Content-Range '\(value)'"
+            }
+            return nil
+        case 200 where range.lowerBound == 0:
+            return nil
+        default:
+            return "GET of bytes \(range.lowerBound)-\(range.upperBound - 1) answered with HTTP \(response.status) instead of 206"
+        }
+    }
 }
 
 private let curlReadCallback: curl_read_callback = { data, size, count, userdata in

@@ -70,6 +70,9 @@ public protocol ObjectStore: Sendable {
 
     /// Server-side copy of `source` to `destination`; returns the new object's ETag.
     func copy(from source: String, to destination: String) throws(StoreError) -> String
+
+    /// The largest object `copy` can copy (`Int64.max` when there is no limit).
+    var copyLimit: Int64 { get }
 }
 
 /// How `ObjectStore.put` splits and parallelises an upload.
@@ -97,6 +100,8 @@ public struct UploadOptions: Sendable {
 }
 
 extension ObjectStore {
+    public var copyLimit: Int64 { .max }
+
     /// Lists every page for `prefix` and `delimiter`.
     public func listAll(prefix: String, delimiter: String?, limit: Int = .max) throws(StoreError) -> ListPage {
         var all = ListPage()

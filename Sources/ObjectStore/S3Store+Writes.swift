@@ -26,14 +26,18 @@ extension S3Store {
         }
     }
 
-    /// Server-side copy with one CopyObject request.
-    ///
-    /// Limit: one CopyObject copies at most 5 GiB. Larger objects would need a multipart upload of
-    /// UploadPartCopy ranges, which is not implemented; they fail with `EFBIG` before anything is sent.
-    /// Copying an object onto itself returns its ETag without a request (S3 refuses a copy that changes nothing).
+    /// One CopyObject copies at most 5 GiB. Larger objects would need a multipart upload of UploadPartCopy
+    /// ranges, which libcurl 7.88 cannot sign: it sorts signed headers by whole `name:value` lines, so
+    /// `x-amz-copy-source-range` lands before `x-amz-copy-source` and S3 rejects the signature (seen
+    /// against the strict origin: 403 SignatureDoesNotMatch). Renames of larger objects are refused (`EXDEV`).
+    public var copyLimit: Int64 { Self.singleRequestLimit }
+
+    /// Server-side copy with one CopyObject request (see `copyLimit`; a larger object fails with `EFBIG`
+    /// before anything is sent). Copying an object onto itself returns its ETag without a request (S3
+    /// refuses a copy that changes nothing).
     public func copy(from source: String, to destination: String) throws(StoreError) -> String {
         let info = try head(key: source)
-        guard info.size <= Self.singleRequestLimit else {
+        guard info.size <= copyLimit else {
             throw .io(path: "copy of '\(source)' (\(info.size) bytes, over the 5 GiB limit of one CopyObject)", errno: EFBIG)
         }
         if source == destination { return info.etag }

@@ -1,0 +1,156 @@
+"""Answers a real S3 server would not give, made by a proxy in front of moto that rewrites requests
+or responses: ranged GETs answered with other bytes than asked for (as a misbehaving server or
+cache on the way might), and listings of objects too large to create here."""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import http.server
+import os
+import re
+import threading
+import uuid
+
+import pytest
+
+from support import Mounter, free_port
+
+BLOCK = 4 << 20
+
+
+class RewritingProxy:
+    """Forwards every request to moto. `request(command, path, headers)` may change a request's
+    headers in place; `response(command, path, body)` may return a replacement body."""
+
+    def __init__(self, upstream_port: int, request=None, response=None):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = dict(self.headers.items())
+                if request:
+                    request(self.command, self.path, headers)
+                upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+                if response:
+                    data = response(self.command, self.path, data)
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = forward
+
+        self.port = free_port()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def rewrite_range(mode: str):
+    """Object GETs lose their Range header (`drop`: the answer is a 200 with the whole object), or
+    ask from the start offset to the end of the object (`open`: a 206 with more bytes than asked)."""
+    def rewrite(command, path, headers):
+        if command == "GET" and "Range" in headers:
+            if mode == "drop":
+                del headers["Range"]
+            else:
+                headers["Range"] = headers["Range"].split("-")[0] + "-"
+    return rewrite
+
+
+@pytest.fixture
+def bucket(moto_client):
+    name = f"proxied-{uuid.uuid4().hex[:8]}"
+    moto_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def proxied(ckptfs_bin, moto, moto_env, tmp_path):
+    """proxied(request=..., response=...): a Mounter whose endpoint is a new rewriting proxy."""
+    proxies, mounters = [], []
+
+    def make(**rewrites) -> Mounter:
+        proxies.append(RewritingProxy(int(moto.endpoint.rsplit(":", 1)[1]), **rewrites))
+        mounters.append(Mounter(ckptfs_bin, tmp_path, proxies[-1].endpoint, moto_env))
+        return mounters[-1]
+    try:
+        yield make
+    finally:
+        for mounter in mounters:
+            mounter.close()
+        for proxy in proxies:
+            proxy.stop()
+
+
+@pytest.mark.parametrize("mode", ["drop", "open"])
+def test_a_read_never_returns_bytes_from_another_offset(proxied, moto_client, bucket, mode):
+    data = os.urandom(3 * BLOCK + 12345)
+    moto_client.put_object(Bucket=bucket, Key="p/j/checkpoint-1/model.bin", Body=data)
+    mounter = proxied(request=rewrite_range(mode))
+    path = mounter.mount(f"s3://{bucket}").mountpoint / "p/j/checkpoint-1/model.bin"
+    offset = BLOCK + 100  # not the start of the object: the proxy's answer starts elsewhere
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if mode == "drop":
+            # A 200 with the whole object is not the range asked for: an error, never its first bytes.
+            with pytest.raises(OSError):
+                os.pread(fd, 4096, offset)
+            with pytest.raises(OSError):
+                os.pread(fd, 4096, offset)  # nothing wrong was cached either
+        else:
+            # The right bytes come first; the surplus is cut off and the daemon stays up.
+            assert os.pread(fd, 4096, offset) == data[offset:offset + 4096]
+            assert os.pread(fd, len(data), 0) == data
+    finally:
+        os.close(fd)
+    assert os.path.ismount(path.parents[3])
+
+
+def test_renaming_an_object_over_the_5_gib_copy_limit_fails_with_exdev_and_moves_nothing(
+        proxied, moto_client, bucket):
+    for key in ("p/j/tmp-checkpoint-1/optimizer.pt", "p/j/tmp-checkpoint-1/config.json", "p/j/big.pt"):
+        moto_client.put_object(Bucket=bucket, Key=key, Body=b"x" * 100)
+    huge = str(6 << 30)
+
+    def sizes(command, path, body):
+        # Listings say the optimizer state and big.pt are 6 GiB (too much to create in moto here).
+        if command == "GET" and b"<ListBucketResult" in body:
+            body = re.sub(rb"(<Key>[^<]*(?:optimizer\.pt|big\.pt)</Key>(?:(?!</Contents>).)*?<Size>)\d+",
+                          rb"\g<1>" + huge.encode(), body, flags=re.S)
+        return body
+    root = proxied(response=sizes).mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint
+    assert os.stat(root / "p/j/big.pt").st_size == 6 << 30
+    with pytest.raises(OSError) as file_error:
+        os.rename(root / "p/j/big.pt", root / "p/j/moved.pt")
+    assert file_error.value.errno == errno.EXDEV
+    with pytest.raises(OSError) as dir_error:
+        os.rename(root / "p/j/tmp-checkpoint-1", root / "p/j/checkpoint-1")
+    assert dir_error.value.errno == errno.EXDEV
+    assert sorted(os.listdir(root / "p/j")) == ["big.pt", "tmp-checkpoint-1"]
+    assert sorted(os.listdir(root / "p/j/tmp-checkpoint-1")) == ["config.json", "optimizer.pt"]
+    keys = {o["Key"] for o in moto_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {"p/j/tmp-checkpoint-1/optimizer.pt", "p/j/tmp-checkpoint-1/config.json", "p/j/big.pt"}
