@@ -51,9 +51,14 @@ public final class LocalStore: ObjectStore {
         let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw errno == ENOENT ? .notFound(key) : .io(path: path, errno: errno) }
         defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw .io(path: path, errno: errno) }
-        if let etag, !etag.isEmpty, Self.objectInfo(key: key, info).etag != etag { throw .changed(key) }
+        // The file can be rewritten in place while it is read: checked again after every chunk, before
+        // its bytes are handed on, so no range mixes two versions.
+        func check() throws(StoreError) {
+            var info = stat()
+            guard fstat(fd, &info) == 0 else { throw .io(path: path, errno: errno) }
+            if let etag, !etag.isEmpty, Self.objectInfo(key: key, info).etag != etag { throw .changed(key) }
+        }
+        try check()
         let chunk = 1 << 20
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
         defer { buffer.deallocate() }
@@ -66,6 +71,7 @@ public final class LocalStore: ObjectStore {
                 throw .io(path: path, errno: errno)
             }
             if got == 0 { throw .changed(key) }
+            try check()
             try sink(UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
             offset += Int64(got)
         }

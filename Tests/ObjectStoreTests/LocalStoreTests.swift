@@ -43,6 +43,26 @@ import TestSupport
         }
     }
 
+    @Test func aFileRewrittenInPlaceDuringAReadFailsTheRestOfTheRead() throws {
+        let dir = ScratchDirectory()
+        dir.write("f", String(repeating: "a", count: 3 << 20))
+        let store = LocalStore(root: dir.path)
+        let info = try store.head(key: "f")
+        var delivered = 0
+        #expect(throws: StoreError.changed("f")) {
+            try store.get(key: "f", range: 0..<(3 << 20), etag: info.etag) { chunk in
+                if delivered == 0 {
+                    // `cp` over the same inode, after the first chunk was read.
+                    let fd = open(dir.path + "/f", O_WRONLY)
+                    _ = "b".withCString { pwrite(fd, $0, 1, 2 << 20) }
+                    close(fd)
+                }
+                delivered += chunk.count
+            }
+        }
+        #expect(delivered == 1 << 20)
+    }
+
     @Test func refusesKeysThatEscapeTheRoot() {
         let store = LocalStore(root: "/tmp")
         #expect(throws: StoreError.self) { try store.head(key: "../etc/passwd") }
