@@ -1,3 +1,4 @@
+import Crypto
 import Glibc
 import Synchronization
 
@@ -126,15 +127,43 @@ extension S3Store {
         return try etagHeader(of: response, operation: "UploadPart \(number)", key: key)
     }
 
+    /// Completes the upload. A retry after an attempt whose answer was lost finds the upload gone
+    /// (404 NoSuchUpload): then the object is there if its ETag is the one these parts make.
     private func completeMultipartUpload(key: String, uploadID: String, etags: [String]) throws(StoreError) -> String {
         let document = S3XML.completionDocument(etags: etags)
-        let response = try request(
-            method: "POST", key: key, query: [("uploadId", uploadID)], headers: ["Content-MD5: \(ContentMD5.of(document))"],
-            body: .bytes(document), errorInBody: true, operation: "CompleteMultipartUpload", retry: configuration.retry)
+        let response: CurlHandle.Response
+        do {
+            response = try request(
+                method: "POST", key: key, query: [("uploadId", uploadID)], headers: ["Content-MD5: \(ContentMD5.of(document))"],
+                body: .bytes(document), errorInBody: true, operation: "CompleteMultipartUpload", retry: configuration.retry)
+        } catch {
+            guard case .notFound = error, let expected = Self.multipartETag(parts: etags),
+                let info = try? head(key: key), info.etag == expected
+            else { throw error }
+            return info.etag
+        }
         guard let etag = S3XML.resultText(of: "ETag", response.body) else {
             throw .invalidResponse("CompleteMultipartUpload '\(key)' without an ETag")
         }
         return Timestamps.unquoteETag(etag)
+    }
+
+    /// The ETag S3 gives an object completed from parts with these ETags (each the hex MD5 of its part):
+    /// the hex MD5 of the parts' digests, `-` and the part count; nil if a part's ETag is not an MD5.
+    static func multipartETag(parts: [String]) -> String? {
+        var digests: [UInt8] = []
+        for etag in parts {
+            let hex = Array(etag.utf8)
+            guard hex.count == 32 else { return nil }
+            for index in stride(from: 0, to: 32, by: 2) {
+                guard let byte = UInt8(String(decoding: hex[index..<index + 2], as: UTF8.self), radix: 16) else { return nil }
+                digests.append(byte)
+            }
+        }
+        var hash = Insecure.MD5()
+        digests.withUnsafeBytes { hash.update(bufferPointer: $0) }
+        let hex = hash.finalize().map { byte in (byte < 16 ? "0" : "") + String(byte, radix: 16) }.joined()
+        return "\(hex)-\(parts.count)"
     }
 
     /// Best effort: an upload left behind only costs storage until a lifecycle rule removes it.

@@ -27,6 +27,13 @@ import TestSupport
         #expect(S3Store.partRanges(size: 16 * mib, partSize: 8 * mib) == [0..<8 * mib, 8 * mib..<16 * mib])
     }
 
+    @Test func multipartETagIsTheMD5OfThePartDigestsAndTheirCount() {
+        // md5("a") and md5("b"); the result as S3 (and moto) compute it.
+        let parts = ["0cc175b9c0f1b6a831c399e269772661", "92eb5ffee6ae2fec3ad71c777531578f"]
+        #expect(S3Store.multipartETag(parts: parts) == "96e024ba2074fe77e8e965ba43a704be-2")
+        #expect(S3Store.multipartETag(parts: ["not-an-md5"]) == nil)
+    }
+
     @Test func base64MatchesRFC4648Vectors() {
         let vectors = ["": "", "f": "Zg==", "fo": "Zm8=", "foo": "Zm9v", "foob": "Zm9vYg==", "fooba": "Zm9vYmE=", "foobar": "Zm9vYmFy"]
         for (plain, encoded) in vectors {
