@@ -18,18 +18,11 @@ extension FileSystem {
             switch kind {
             case .staged(let key):
                 guard let overlay, var file = overlay.stagedFile(key) else { throw FileError(ENOENT) }
-                if writing { file = try overlayCall { () throws(OverlayError) in try overlay.openForWrite(file) } }
-                if flags & O_TRUNC != 0 {
-                    ftruncate(file.file.fd, 0)
-                    overlay.shrink(file, to: 0)
-                    file.changes.add(1, ordering: .releasing)
-                }
+                if writing { file = try openForWriting(file, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay) }
                 staged = StagedHandle(file: file, writable: writing)
             case .file(let info) where writing:
                 let overlay = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite)
-                let file = try overlayCall { () throws(OverlayError) in
-                    flags & O_TRUNC != 0 ? try overlay.create(info.key) : try overlay.copyUp(info.key, from: info)
-                }
+                let file = try openStored(info, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay)
                 namespace.update(ino, kind: .staged(key: info.key))
                 staged = StagedHandle(file: file, writable: true)
             case .file(let info):
@@ -61,6 +54,42 @@ extension FileSystem {
             reply(req, fi, Handle(.staged(staged), ino: ino, backing: backing))
         } catch {
             fuse_reply_err(req, error.code)
+        }
+    }
+
+    /// Opens the staged `file` of inode `ino` for writing. While the kernel serves the inode from a
+    /// backing file, the writer must use that very file: anything else fails with `EBUSY` before a byte
+    /// changes (the kernel would refuse the open after the daemon had prepared it).
+    private func openForWriting(_ file: StagedFile, ino: UInt64, truncate: Bool, overlay: Overlay) throws(FileError) -> StagedFile {
+        var held = passthrough.backingFiles(ino)
+        if !held.isEmpty && (!held.contains { $0 === file } || overlay.copiesOnWrite(file)) {
+            held = passthrough.waitForRelease(ino, seconds: Self.releaseWait)
+        }
+        if !held.isEmpty && !held.contains(where: { $0 === file }) { throw FileError(EBUSY) }
+        return try overlayCall { () throws(OverlayError) in
+            try overlay.openForWrite(file, truncate: truncate, inPlace: !held.isEmpty)
+        }
+    }
+
+    /// How long a writer waits for the kernel's release of a handle just closed before `EBUSY`.
+    static let releaseWait = 0.5
+
+    /// Opens `info`, an object in the store, for writing as inode `ino` (if the kernel knows it): the
+    /// staged version another writer made meanwhile, else a new one (a copy-up, or empty with `truncate`).
+    /// A new version cannot be opened while the kernel serves the inode from a backing file (an older
+    /// version still open in passthrough): `EBUSY`.
+    private func openStored(_ info: ObjectInfo, ino: UInt64?, truncate: Bool, overlay: Overlay) throws(FileError) -> StagedFile {
+        if let current = overlay.stagedFile(info.key) {
+            guard let ino else {
+                return try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current, truncate: truncate) }
+            }
+            return try openForWriting(current, ino: ino, truncate: truncate, overlay: overlay)
+        }
+        if let ino, !passthrough.backingFiles(ino).isEmpty, !passthrough.waitForRelease(ino, seconds: Self.releaseWait).isEmpty {
+            throw FileError(EBUSY)
+        }
+        return try overlayCall { () throws(OverlayError) in
+            truncate ? try overlay.create(info.key) : try overlay.copyUp(info.key, from: info)
         }
     }
 
@@ -126,21 +155,25 @@ extension FileSystem {
             case .symlink: throw FileError(EACCES)
             case .file(let info):
                 _ = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite)
-                file = try overlayCall { () throws(OverlayError) in
-                    flags & O_TRUNC != 0 ? try overlay.create(key) : try overlay.copyUp(key, from: info)
-                }
+                file = try openStored(info, ino: namespace.knownIno(parent: parent, name: name), truncate: flags & O_TRUNC != 0, overlay: overlay)
             case .staged(let stagedKey):
                 guard let current = overlay.stagedFile(stagedKey) else { throw FileError(ENOENT) }
-                file = try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current) }
-                if flags & O_TRUNC != 0 {
-                    ftruncate(file.file.fd, 0)
-                    overlay.shrink(file, to: 0)
-                    file.changes.add(1, ordering: .releasing)
+                if let ino = namespace.knownIno(parent: parent, name: name) {
+                    file = try openForWriting(current, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay)
+                } else {
+                    file = try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current, truncate: flags & O_TRUNC != 0) }
                 }
             case nil:
-                file = try overlayCall { () throws(OverlayError) in try overlay.create(key) }
+                file = try overlayCall { () throws(OverlayError) in try overlay.create(key, truncate: flags & O_TRUNC != 0) }
             }
-            let attributes = try namespaceCall { () throws(NamespaceError) in try namespace.lookup(parent: parent, name: name) }
+            let attributes: Attributes
+            do throws(FileError) {
+                attributes = try namespaceCall { () throws(NamespaceError) in try namespace.lookup(parent: parent, name: name) }
+            } catch {
+                // No handle for the kernel: the writer opened here ends now.
+                try? overlayCall { () throws(OverlayError) in try overlay.releaseWriter(file) }
+                throw error
+            }
             var entry = self.entry(attributes)
             var backing: Int32 = 0
             if case .kernel(let id, _) = passthrough.begin(attributes.ino, staged: file, starts: true) { backing = id }
@@ -196,21 +229,7 @@ extension FileSystem {
                 if changesContent {
                     // As a writer would: a version that is uploading right now is left to its upload.
                     file = try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current) }
-                    let size = Int64(attr.st_size)
-                    var failure: Int32 = 0
-                    do throws(OverlayError) {
-                        try overlay.reserve(file, growingTo: size)
-                        if ftruncate(file.file.fd, off_t(size)) == 0 {
-                            overlay.shrink(file, to: size)
-                            file.changes.add(1, ordering: .releasing)
-                        } else {
-                            failure = Glibc.errno
-                        }
-                    } catch {
-                        failure = error.errno
-                    }
-                    try overlayCall { () throws(OverlayError) in try overlay.releaseWriter(file) }
-                    if failure != 0 { throw FileError(failure) }
+                    try truncate(file, to: Int64(attr.st_size), overlay: overlay)
                 }
                 if changesTimes {
                     overlay.touch(file, modified: valid & FUSE_SET_ATTR_MTIME_NOW != 0 ? Int64(time(nil)) : Int64(attr.st_mtim.tv_sec))
@@ -220,8 +239,8 @@ extension FileSystem {
                 let file = try overlayCall { () throws(OverlayError) in
                     attr.st_size == 0 ? try overlay.create(info.key) : try overlay.copyUp(info.key, from: info)
                 }
-                if ftruncate(file.file.fd, off_t(attr.st_size)) != 0 { throw FileError(Glibc.errno) }
-                try overlayCall { () throws(OverlayError) in try overlay.releaseWriter(file) }
+                namespace.update(ino, kind: .staged(key: info.key))
+                try truncate(file, to: Int64(attr.st_size), overlay: overlay)
             case .file, .directory:
                 // Modes, owners and times of objects in the store cannot be stored: accepted and ignored
                 // only for what this mount wrote, refused otherwise.
@@ -234,6 +253,24 @@ extension FileSystem {
         } catch {
             fuse_reply_err(req, error.code)
         }
+    }
+
+    /// Truncates `file`, opened for writing for this call, to `size` and closes it again (queuing its upload).
+    private func truncate(_ file: StagedFile, to size: Int64, overlay: Overlay) throws(FileError) {
+        var failure: Int32 = 0
+        do throws(OverlayError) {
+            try overlay.reserve(file, growingTo: size)
+            if ftruncate(file.file.fd, off_t(size)) == 0 {
+                overlay.shrink(file, to: size)
+                file.changes.add(1, ordering: .releasing)
+            } else {
+                failure = Glibc.errno
+            }
+        } catch {
+            failure = error.errno
+        }
+        try overlayCall { () throws(OverlayError) in try overlay.releaseWriter(file) }
+        if failure != 0 { throw FileError(failure) }
     }
 
     func flush(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>) {

@@ -121,9 +121,17 @@ func makeOperations(writable: Bool) -> fuse_lowlevel_ops {
         var info = statvfs()
         info.f_bsize = unit
         info.f_frsize = unit
-        info.f_blocks = UInt(fs.cache.capacity) / unit
-        info.f_bfree = UInt(max(0, fs.cache.capacity - usage.bytes)) / unit
-        info.f_bavail = 0
+        if let overlay = fs.overlay {
+            // What writers have room for: the staging space (what `df` and free-space checks look at).
+            let space = overlay.stagingSpace()
+            info.f_blocks = UInt(space.capacity) / unit
+            info.f_bfree = UInt(space.available) / unit
+            info.f_bavail = info.f_bfree
+        } else {
+            info.f_blocks = UInt(fs.cache.capacity) / unit
+            info.f_bfree = UInt(max(0, fs.cache.capacity - usage.bytes)) / unit
+            info.f_bavail = 0
+        }
         info.f_namemax = UInt(NameRules.maxNameBytes)
         fuse_reply_statfs(req, &info)
     }

@@ -1,3 +1,4 @@
+import BlockCache
 import CFuse
 import Glibc
 import Logging
@@ -38,6 +39,8 @@ final class Passthrough: Sendable {
     private let features: KernelFeatures
     private let device = Atomic<Int32>(-1)
     private let opens = Mutex(Opens())
+    /// Broadcast when a backing file is closed, for `waitForRelease`.
+    private let released = Monitor()
     private let logger = Logger(label: "ckptfs.passthrough")
 
     init(features: KernelFeatures) {
@@ -50,6 +53,29 @@ final class Passthrough: Sendable {
     /// Sets the /dev/fuse descriptor the backing-file ioctls go to.
     func attach(device fd: Int32) {
         device.store(fd, ordering: .releasing)
+    }
+
+    /// The files the kernel serves inode `ino` from: a writer must open one of these or fail, since the
+    /// kernel refuses any other open of an inode in passthrough. (Releases reach this table after the
+    /// kernel's, so it may still list a file the kernel has just let go of.)
+    func backingFiles(_ ino: UInt64) -> [StagedFile] {
+        opens.withLock { opens in (opens.backed[ino] ?? []).map(\.file) }
+    }
+
+    /// Waits up to `seconds` until inode `ino` has no backing file, and returns the ones left. A handle
+    /// the kernel has just closed still holds its backing here until its RELEASE arrives, right after.
+    func waitForRelease(_ ino: UInt64, seconds: Double) -> [StagedFile] {
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        let nanoseconds = Int(deadline.tv_nsec) + Int(seconds * 1e9)
+        deadline.tv_sec += nanoseconds / 1_000_000_000
+        deadline.tv_nsec = nanoseconds % 1_000_000_000
+        released.lock()
+        defer { released.unlock() }
+        while true {
+            let held = backingFiles(ino)
+            if held.isEmpty || !released.wait(until: deadline) { return held.isEmpty ? held : backingFiles(ino) }
+        }
     }
 
     /// Decides how a new open of inode `ino` is served. `staged` is the staged file the open would use
@@ -92,6 +118,10 @@ final class Passthrough: Sendable {
                 backed.remove(at: index)
             }
             opens.backed[ino] = backed.isEmpty ? nil : backed
+        }
+        if backing != 0 {
+            released.withLock {}
+            released.broadcast()
         }
     }
 

@@ -105,6 +105,11 @@ public final class Namespace: Sendable {
         }
     }
 
+    /// The inode the kernel knows `name` in directory `parent` by, if it has one.
+    public func knownIno(parent: UInt64, name: String) -> UInt64? {
+        table.withLock { $0.byName[ParentName(parent: parent, name: name)] }
+    }
+
     /// Drops `count` kernel references; an inode nobody references is forgotten.
     public func forget(_ ino: UInt64, count: UInt64) {
         guard ino != Self.rootIno else { return }

@@ -136,6 +136,26 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         monitor.withLock { written.contains(key) || staged[key] != nil }
     }
 
+    /// Room for staged files, in bytes: the staging file system's size and free space (for unprivileged
+    /// users), both within `--staging-size`.
+    public func stagingSpace() -> (capacity: Int64, available: Int64) {
+        var info = statvfs()
+        guard statvfs(filesDirectory, &info) == 0 else { return (0, 0) }
+        let unit = Int64(info.f_frsize)
+        var space = (capacity: Int64(info.f_blocks) * unit, available: Int64(info.f_bavail) * unit)
+        let limit = configuration.stagingLimit
+        if limit < .max {
+            let used = monitor.withLock { charged }
+            space = (min(space.capacity, limit), min(space.available, max(0, limit - used)))
+        }
+        return space
+    }
+
+    /// Whether a writer opening `file` now would get a copy of it (an upload of it runs, nobody writes it).
+    public func copiesOnWrite(_ file: StagedFile) -> Bool {
+        monitor.withLock { file.writers == 0 && running.values.contains { $0.uploads(file) } }
+    }
+
     /// The largest object in the store a rename can move (by server-side copy).
     public var copyLimit: Int64 { store.copyLimit }
 
@@ -144,31 +164,59 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         monitor.withLock { staged[key] }
     }
 
-    /// Creates an empty staged file for `key` (replacing any staged version) and opens it for writing.
-    public func create(_ key: String) throws(OverlayError) -> StagedFile {
-        let id = monitor.withLock { () -> UInt64 in
-            defer { nextID += 1 }
-            return nextID
-        }
-        let path = "\(filesDirectory)/\(id)"
-        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw OverlayError(path: path, errno: errno) }
-        let file = StagedFile(id: id, key: key, file: OpenFile(fd: fd), path: path)
-        file.writers = 1
-        try journal.append([.written(key)])
-        monitor.withLock {
-            written.insert(key)
-            if let old = staged[key] { discardLocked(old) }
-            staged[key] = file
-            insertLocked(key, .present(.staged(key: key)))
-        }
-        return file
+    /// Creates an empty staged file for `key` and opens it for writing. If the key has a staged version
+    /// (another writer made one meanwhile), that one is opened instead, emptied with `truncate`: two
+    /// writers of one name share one file, as on a local file system.
+    public func create(_ key: String, truncate: Bool = true) throws(OverlayError) -> StagedFile {
+        try publish(try makeFile(key), truncate: truncate)
     }
 
-    /// Creates a staged file for `key` holding a copy of its current remote bytes (copy-up).
+    /// Opens `key`, an object in the store described by `info`, for writing: a new staged file holding a
+    /// copy of its bytes (copy-up), or the key's staged version if a writer made one meanwhile. If an
+    /// upload of this mount replaced the object meanwhile, the copy is made again from the new version
+    /// (a copy of the old one would undo that upload's writes). A copy that fails leaves nothing behind.
     public func copyUp(_ key: String, from info: ObjectInfo) throws(OverlayError) -> StagedFile {
-        let file = try create(key)
-        try reserve(file, growingTo: info.size)
+        var source = info
+        for _ in 0..<Self.copyUpAttempts {
+            if let current = stagedFile(key) { return try openForWrite(current) }
+            let file = try makeFile(key)
+            do throws(OverlayError) {
+                try reserve(file, growingTo: source.size)
+                try fetch(source, into: file)
+            } catch {
+                dropUnpublished(file)
+                guard error.errno == ESTALE, let newer = monitor.withLock({ storedLocked(key) }), newer.etag != source.etag else {
+                    throw error
+                }
+                source = newer
+                continue
+            }
+            enum Outcome { case published, staged(StagedFile), replaced(ObjectInfo) }
+            let outcome = try monitor.withLock { () throws(OverlayError) -> Outcome in
+                if let current = staged[key] { return .staged(current) }
+                if let newer = storedLocked(key), newer.etag != source.etag { return .replaced(newer) }
+                try publishLocked(file)
+                return .published
+            }
+            switch outcome {
+            case .published:
+                return file
+            case .staged(let current):
+                dropUnpublished(file)
+                return try openForWrite(current)
+            case .replaced(let newer):
+                dropUnpublished(file)
+                source = newer
+            }
+        }
+        throw OverlayError(path: key, errno: ESTALE)
+    }
+
+    /// Copy-ups that find the object replaced by this mount's uploads this many times in a row give up.
+    private static let copyUpAttempts = 8
+
+    /// Writes the bytes of the stored object `info` into `file`.
+    private func fetch(_ info: ObjectInfo, into file: StagedFile) throws(OverlayError) {
         var offset: Int64 = 0
         do throws(StoreError) {
             try store.get(key: info.key, range: 0..<info.size, etag: info.etag) { (chunk) throws(StoreError) in
@@ -178,33 +226,121 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 offset += Int64(chunk.count)
             }
         } catch {
+            if case .changed = error { throw OverlayError(path: file.path, errno: ESTALE) }
             throw OverlayError(path: file.path, errno: EIO)
         }
-        return file
     }
 
-    /// Opens an existing staged file for writing. If an upload of it is running right now (its last queued
-    /// one, or an earlier one that a second close of the same content queued again), the writer gets a
-    /// fresh copy so no upload ever sees a half-written file; otherwise its queued upload is cancelled.
-    public func openForWrite(_ file: StagedFile) throws(OverlayError) -> StagedFile {
-        let (uploading, cancelled) = monitor.withLock { () -> (Bool, [UInt64]) in
-            if running.values.contains(where: { $0.uploads(file) }) { return (true, []) }
+    /// The object in the store this mount last uploaded (or renamed) as `key`, if it recorded one. Call
+    /// with the monitor held.
+    private func storedLocked(_ key: String) -> ObjectInfo? {
+        let (parent, name) = NameRules.split(key)
+        if case .present(.file(let info)) = tree[parent]?[name] { return info }
+        return nil
+    }
+
+    /// Opens an existing staged file for writing, emptied with `truncate`. If an upload of it is running
+    /// right now (its last queued one, or an earlier one that a second close of the same content queued
+    /// again) and nobody writes it, the writer gets a fresh copy so no upload sees a half-written file (or,
+    /// `inPlace`, the open fails with `EBUSY` before anything changes); otherwise its queued upload is
+    /// cancelled. A file that has a writer is always shared: that writer (whose `close()` of a duplicate
+    /// descriptor queued the running upload) goes on writing into it, and its last close queues it again.
+    public func openForWrite(_ file: StagedFile, truncate: Bool = false, inPlace: Bool = false) throws(OverlayError) -> StagedFile {
+        let (uploading, cancelled) = try monitor.withLock { () throws(OverlayError) -> (Bool, [UInt64]) in
+            if file.writers == 0 && running.values.contains(where: { $0.uploads(file) }) {
+                if inPlace { throw OverlayError(path: file.path, errno: EBUSY) }
+                return (true, [])
+            }
             let cancelled = pending.filter { $0.uploads(file) }.map(\.id)
             pending.removeAll { $0.uploads(file) }
             file.upload = nil
-            return (false, cancelled)
-        }
-        if !cancelled.isEmpty { try journal.append(cancelled.map { .cancelled($0) }) }
-        if uploading {
-            let copy = try create(file.key)
-            guard copyContents(from: file.file.fd, to: copy.file.fd) else { throw OverlayError(path: copy.path, errno: errno) }
-            return copy
-        }
-        monitor.withLock {
             file.writers += 1
             file.generation += 1
+            return (false, cancelled)
         }
+        if !cancelled.isEmpty {
+            do throws(OverlayError) {
+                try journal.append(cancelled.map { .cancelled($0) })
+            } catch {
+                monitor.withLock { file.writers -= 1 }
+                throw error
+            }
+        }
+        let writer = uploading ? try copyForWriting(file, truncate: truncate) : file
+        if truncate {
+            ftruncate(writer.file.fd, 0)
+            shrink(writer, to: 0)
+            writer.changes.add(1, ordering: .releasing)
+        }
+        return writer
+    }
+
+    /// A copy of `file`, which is uploading, that replaces it as its key's staged version, open for
+    /// writing (empty with `truncate`). If another writer replaced `file` meanwhile, that version is opened.
+    private func copyForWriting(_ file: StagedFile, truncate: Bool) throws(OverlayError) -> StagedFile {
+        let copy = try makeFile(file.key)
+        if !truncate {
+            do throws(OverlayError) {
+                try reserve(copy, growingTo: file.size)
+                guard copyContents(from: file.file.fd, to: copy.file.fd) else { throw OverlayError(path: copy.path, errno: errno) }
+            } catch {
+                dropUnpublished(copy)
+                throw error
+            }
+        }
+        let current = try monitor.withLock { () throws(OverlayError) -> StagedFile? in
+            guard staged[file.key] === file else { return staged[file.key] }
+            try publishLocked(copy)
+            return nil
+        }
+        guard let current else { return copy }
+        dropUnpublished(copy)
+        return try openForWrite(current, truncate: truncate)
+    }
+
+    /// A new, empty file in the staging directory for `key`, open for writing (one writer), not yet the
+    /// key's staged version (see `publish`).
+    private func makeFile(_ key: String) throws(OverlayError) -> StagedFile {
+        let id = monitor.withLock { () -> UInt64 in
+            defer { nextID += 1 }
+            return nextID
+        }
+        let path = "\(filesDirectory)/\(id)"
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw OverlayError(path: path, errno: errno) }
+        let file = StagedFile(id: id, key: key, file: OpenFile(fd: fd), path: path)
+        file.writers = 1
         return file
+    }
+
+    /// Makes `file` its key's staged version, unless the key has one already: then `file` is dropped and
+    /// that version opened for writing instead.
+    private func publish(_ file: StagedFile, truncate: Bool) throws(OverlayError) -> StagedFile {
+        let current = try monitor.withLock { () throws(OverlayError) -> StagedFile? in
+            if let current = staged[file.key] { return current }
+            try publishLocked(file)
+            return nil
+        }
+        guard let current else { return file }
+        dropUnpublished(file)
+        return try openForWrite(current, truncate: truncate)
+    }
+
+    /// Journals that this mount wrote `file`'s key and makes `file` its staged version, replacing any other.
+    /// Call with the monitor held.
+    private func publishLocked(_ file: StagedFile) throws(OverlayError) {
+        try journal.append([.written(file.key)])
+        written.insert(file.key)
+        if let old = staged[file.key] { discardLocked(old) }
+        staged[file.key] = file
+        insertLocked(file.key, .present(.staged(key: file.key)))
+    }
+
+    /// Removes a file `makeFile` made that never became a staged version.
+    private func dropUnpublished(_ file: StagedFile) {
+        Glibc.unlink(file.path)
+        monitor.withLock { releaseChargeLocked(file) }
+        monitor.broadcast()
     }
 
     /// A writable handle is being closed (FUSE flush, synchronous with `close()`): if it is the only writer

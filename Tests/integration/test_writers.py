@@ -1,0 +1,118 @@
+"""Writers of files that are already in the bucket: several at once, failed opens, truncation, and
+what the mount reports as free space."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from support import run
+
+
+@pytest.fixture
+def bucket(moto_client):
+    name = f"wr-{uuid.uuid4().hex[:8]}"
+    moto_client.create_bucket(Bucket=name)
+    return name
+
+
+def sync(ckptfs_bin, env, path) -> None:
+    result = run([ckptfs_bin, "sync", path], env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def body(client, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+@pytest.mark.parametrize("args", [[], ["--staging-size", "1G"]], ids=["passthrough", "daemon"])
+def test_concurrent_appenders_to_an_uploaded_file_all_land(mounter, moto_client, ckptfs_bin, moto_env, bucket, args):
+    root = mounter.mount(f"s3://{bucket}", args=args).mountpoint
+    path = root / "p/j/log.txt"
+    path.parent.mkdir(parents=True)
+    for attempt in range(3):
+        path.write_text("base\n")
+        sync(ckptfs_bin, moto_env, path)  # now an uploaded object: every writer starts by copying it up
+        lines = [f"line{n}\n" for n in range(8)]
+        subprocess.run(["xargs", "-P8", "-I{}", "sh", "-c", f"printf '%s\\n' {{}} >> '{path}'"],
+                       input="".join(line[:-1] + "\n" for line in lines), text=True, check=True, timeout=60)
+        content = path.read_text()
+        assert "\0" not in content
+        assert sorted(content.splitlines()) == sorted(["base"] + [line.strip() for line in lines]), f"attempt {attempt}"
+        sync(ckptfs_bin, moto_env, path)
+        assert body(moto_client, bucket, "p/j/log.txt").decode() == content
+
+
+def test_a_failed_copy_up_changes_nothing(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    data = os.urandom(3 << 20)
+    moto_client.put_object(Bucket=bucket, Key="p/j/model.bin", Body=data)
+    root = mounter.mount(f"s3://{bucket}", args=["--staging-size", "1M", "--allow-overwrite"]).mountpoint
+    path = root / "p/j/model.bin"
+    for _ in range(2):
+        with pytest.raises(OSError) as failure:
+            with open(path, "ab") as f:
+                f.write(b"appended")
+        assert failure.value.errno == errno.ENOSPC
+        assert os.stat(path).st_size == len(data)
+        assert path.read_bytes() == data
+    status = json.loads(run([ckptfs_bin, "status", root, "--json"], env=moto_env).stdout)
+    assert status["staged_files"] == 0, status
+
+
+def test_rewriting_a_file_a_reader_still_holds_after_its_upload_never_empties_it(
+        mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    root = mounter.mount(f"s3://{bucket}").mountpoint
+    path = root / "p/j/latest.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"v1v1")
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        sync(ckptfs_bin, moto_env, path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        except OSError as error:
+            # In passthrough the kernel serves the inode from the old version while it is open.
+            assert error.errno == errno.EBUSY
+            expected = b"v1v1"
+        else:
+            os.write(fd, b"v2v2")
+            os.close(fd)
+            expected = b"v2v2"
+        assert os.pread(reader, 16, 0) in (b"v1v1", expected)
+    finally:
+        os.close(reader)
+    sync(ckptfs_bin, moto_env, path)
+    assert path.read_bytes() == expected
+    assert body(moto_client, bucket, "p/j/latest.pt") == expected
+
+
+def test_truncating_an_uploaded_file_by_path_shows_at_once(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    root = mounter.mount(f"s3://{bucket}").mountpoint
+    path = root / "p/j/f.txt"
+    path.parent.mkdir(parents=True)
+    path.write_text("0123456789\n")
+    sync(ckptfs_bin, moto_env, path)
+    os.truncate(path, 3)
+    assert os.stat(path).st_size == 3
+    assert path.read_text() == "012"
+    with open(path, "a") as f:
+        f.write("XY")
+    assert path.read_text() == "012XY"
+    sync(ckptfs_bin, moto_env, path)
+    assert body(moto_client, bucket, "p/j/f.txt") == b"012XY"
+
+
+def test_free_space_is_the_room_for_staged_files(mounter, bucket):
+    writable = mounter.mount(f"s3://{bucket}").mountpoint
+    assert shutil.disk_usage(writable).free > 0
+    limited = mounter.mount(f"s3://{bucket}", args=["--staging-size", "64M"]).mountpoint
+    usage = shutil.disk_usage(limited)
+    assert 0 < usage.free <= usage.total <= 64 << 20
+    read_only = mounter.mount(f"s3://{bucket}", args=["--read-only"]).mountpoint
+    assert shutil.disk_usage(read_only).free == 0
