@@ -110,7 +110,7 @@ struct MountCommand: ParsableCommand {
                 handler.logLevel = level
                 return handler
             }
-            let plan = try MountPlan(command: self, serving: foreground)
+            let plan = try MountPlan(command: self)
             if foreground {
                 leftStaged = try serve(plan, ready: &ready)
             } else {
@@ -129,34 +129,33 @@ struct MountCommand: ParsableCommand {
 
     /// Mounts and serves until unmounted; returns how many upload operations were left staged.
     private func serve(_ plan: MountPlan, ready: inout ReadyChannel?) throws(CLIError) -> Int {
+        let fileSystem = try plan.openFileSystem()
         let session: FuseSession
         do throws(MountError) {
-            session = try FuseSession(fileSystem: plan.fileSystem, mountpoint: plan.mountpoint, options: plan.fuseOptions)
+            session = try FuseSession(fileSystem: fileSystem, mountpoint: plan.mountpoint, options: plan.fuseOptions)
         } catch {
             throw CLIError(error.description)
         }
         let pidFile = try? Mountpoints.pidFile(for: plan.mountpoint)
         if let pidFile { try? "\(getpid())\n".write(toFile: pidFile) }
         var control: ControlServer?
-        if let overlay = plan.fileSystem.overlay {
+        if let overlay = fileSystem.overlay {
             let socket = try Mountpoints.socketFile(for: plan.mountpoint)
             do throws(MountError) {
-                let fileSystem = plan.fileSystem
                 control = try ControlServer(path: socket, overlay: overlay, rootPrefix: plan.rootPrefix, fileSystem: fileSystem)
             } catch {
                 throw CLIError(error.description)
             }
         }
         Logger(label: "ckptfs").info("mounted", metadata: ["remote": "\(remote)", "mountpoint": "\(plan.mountpoint)"])
-        let fileSystem = plan.fileSystem
         ThreadLauncher.detach { fileSystem.listRoot() }
         ready?.send("ready")
         ready = nil
         let status = session.run(maxThreads: 16)
         Logger(label: "ckptfs").info("unmounted", metadata: ["status": "\(status)"])
-        plan.fileSystem.flush()
+        fileSystem.flush()
         var left = 0
-        if let overlay = plan.fileSystem.overlay {
+        if let overlay = fileSystem.overlay {
             left = overlay.drain(timeout: drainTimeout)
             if left > 0 {
                 Logger(label: "ckptfs").warning("uploads left staged for the next mount", metadata: ["operations": "\(left)"])

@@ -6,21 +6,27 @@ import Namespace
 import ObjectStore
 import Overlay
 
-/// A validated mount: the store reached and the credentials accepted, the cache ready, the mount point
-/// checked. Built identically by `mount` (to fail early, with one line) and by the daemon it starts.
+/// A validated mount: the store reached and the credentials accepted, the cache and staging directories
+/// ready and used by no other mount, the mount point checked. Built identically by `mount` (to fail early,
+/// with one line) and by the daemon it starts, which then opens the file system (`openFileSystem`).
 struct MountPlan {
     let mountpoint: String
-    let fileSystem: FileSystem
     let fuseOptions: [String]
     let cacheDirectory: String
     let logFile: String
     let rootPrefix: String
+    private let store: any ObjectStore
+    private let cacheSize: Int64
+    private let blockSize: Int64
+    private let fetchThreads: Int
+    private let metadataTTL: Double
+    private let settings: FileSystem.Settings
+    /// The overlay's settings; nil for a read-only mount.
+    private let overlay: Overlay.Configuration?
 
-    /// Validates `command`; with `serving` (the daemon) also recovers the staging directory and starts uploads.
-    init(command: MountCommand, serving: Bool) throws(CLIError) {
+    init(command: MountCommand) throws(CLIError) {
         let environment = Self.environment()
         let location: RemoteLocation
-        let store: any ObjectStore
         do throws(StoreError) {
             location = try RemoteLocation.parse(command.remote)
             store = try Self.makeStore(location, command: command, environment: environment)
@@ -28,8 +34,8 @@ struct MountPlan {
             throw CLIError(error.description)
         }
 
-        let cacheSize = try ByteSize.parse(command.cacheSize, option: "--cache-size")
-        let blockSize = try ByteSize.parse(command.blockSize, option: "--block-size")
+        cacheSize = try ByteSize.parse(command.cacheSize, option: "--cache-size")
+        blockSize = try ByteSize.parse(command.blockSize, option: "--block-size")
         guard blockSize >= 1 << 20, blockSize <= 64 << 20, blockSize & (blockSize - 1) == 0 else {
             throw CLIError("invalid --block-size \(command.blockSize): use a power of two from 1M to 64M")
         }
@@ -44,9 +50,8 @@ struct MountPlan {
 
         mountpoint = try Mountpoints.validate(command.mountpoint)
         cacheDirectory = command.cacheDir ?? Self.defaultCacheDirectory(environment)
-        let cache: BlockCache
         do throws(CacheError) {
-            cache = try BlockCache(directory: cacheDirectory, capacity: cacheSize)
+            try BlockCache.checkAvailable(directory: cacheDirectory)
         } catch {
             throw CLIError(error.description)
         }
@@ -59,8 +64,9 @@ struct MountPlan {
         }
 
         rootPrefix = location.prefix
-        var overlay: Overlay?
-        if !command.readOnly {
+        if command.readOnly {
+            overlay = nil
+        } else {
             guard (1...64).contains(command.uploadThreads) else { throw CLIError("--upload-threads must be between 1 and 64") }
             let staging = command.stagingDir ?? cacheDirectory + "/staging"
             let directory = staging + "/" + String(XXH64.hash(store.identity + "\u{0}" + location.prefix), radix: 16)
@@ -68,24 +74,16 @@ struct MountPlan {
             upload.parallelism = command.uploadThreads
             let stagingLimit = try command.stagingSize.map { (text) throws(CLIError) in try ByteSize.parse(text, option: "--staging-size") } ?? .max
             do throws(OverlayError) {
-                if serving {
-                    overlay = try Overlay(
-                        store: store,
-                        configuration: .init(
-                            directory: directory, rootPrefix: location.prefix, upload: upload,
-                            uploadThreads: command.uploadThreads, stagingLimit: stagingLimit))
-                } else {
-                    try Overlay.makePrivateDirectory(directory)
-                }
+                try Overlay.checkAvailable(directory: directory)
             } catch {
                 throw CLIError(error.description)
             }
+            overlay = Overlay.Configuration(
+                directory: directory, rootPrefix: location.prefix, upload: upload,
+                uploadThreads: command.uploadThreads, stagingLimit: stagingLimit)
         }
-        let namespace = Namespace(
-            store: store,
-            configuration: .init(rootPrefix: location.prefix, metadataTTL: command.metadataTTL),
-            overlay: overlay)
-        let registry = ObjectRegistry(store: store, cache: cache, fetchThreads: command.fetchThreads, blockSize: blockSize)
+        fetchThreads = command.fetchThreads
+        metadataTTL = command.metadataTTL
         var settings = FileSystem.Settings(
             uid: command.uid ?? getuid(), gid: command.gid ?? getgid(),
             metadataTTL: command.metadataTTL, negativeTTL: command.negativeTTL,
@@ -95,10 +93,32 @@ struct MountPlan {
         settings.allowOverwrite = command.allowOverwrite
         settings.allowDelete = command.allowDelete
         settings.directReads = !command.pageCache
-        fileSystem = FileSystem(namespace: namespace, registry: registry, cache: cache, overlay: overlay, settings: settings)
+        self.settings = settings
         let fsname = command.remote.map { $0 == "," || $0 == " " ? "_" : $0 }
         fuseOptions = (command.readOnly ? ["ro"] : []) + ["default_permissions", "fsname=\(String(fsname))", "subtype=ckptfs"]
             + (command.allowOther ? ["allow_other"] : [])
+    }
+
+    /// Opens the block cache and the staging directory (recovering what an earlier daemon left there, and
+    /// starting the uploads); each stays locked against other mounts until this process ends. The daemon's
+    /// step, before it mounts.
+    func openFileSystem() throws(CLIError) -> FileSystem {
+        let cache: BlockCache
+        do throws(CacheError) {
+            cache = try BlockCache(directory: cacheDirectory, capacity: cacheSize)
+        } catch {
+            throw CLIError(error.description)
+        }
+        let writable: Overlay?
+        do throws(OverlayError) {
+            writable = try overlay.map { (configuration) throws(OverlayError) in try Overlay(store: store, configuration: configuration) }
+        } catch {
+            throw CLIError(error.description)
+        }
+        let namespace = Namespace(
+            store: store, configuration: .init(rootPrefix: rootPrefix, metadataTTL: metadataTTL), overlay: writable)
+        let registry = ObjectRegistry(store: store, cache: cache, fetchThreads: fetchThreads, blockSize: blockSize)
+        return FileSystem(namespace: namespace, registry: registry, cache: cache, overlay: writable, settings: settings)
     }
 
     /// Starts `ckptfs mount … --foreground` as a detached daemon logging to `logFile`, and waits until it

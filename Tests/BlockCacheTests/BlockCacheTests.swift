@@ -115,4 +115,19 @@ import TestSupport
         #expect(access(temp, F_OK) != 0)
         #expect(reopened.contains(key))
     }
+
+    @Test func aSecondCacheOnAnOpenDirectoryIsRefusedAndDeletesNothing() throws {
+        let scratch = ScratchDirectory()
+        let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        let key = BlockKey(object: object, index: 0)
+        try store(cache, key, pattern(100))
+        let temp = cache.path(for: key) + ".99.1.tmp"  // a block the open cache is writing
+        close(open(temp, O_CREAT | O_WRONLY, 0o600))
+        #expect(throws: CacheError.self) { try BlockCache(directory: scratch.path, capacity: 1 << 20) }
+        #expect(throws: CacheError.self) { try BlockCache.checkAvailable(directory: scratch.path) }
+        #expect(access(temp, F_OK) == 0)
+        cache.lock.release()  // as if its process had ended
+        try BlockCache.checkAvailable(directory: scratch.path)
+        #expect(try BlockCache(directory: scratch.path, capacity: 1 << 20).contains(key))
+    }
 }

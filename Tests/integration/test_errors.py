@@ -1,5 +1,7 @@
 """Bad input makes `ckptfs mount` fail fast with one line, a non-zero exit and nothing mounted."""
 
+import os
+
 import pytest
 
 from support import FAIL_TIMEOUT, expect_mount_error, free_port, mount_fstypes, one_line_error
@@ -50,3 +52,25 @@ def test_mountpoint_already_mounted(mounter, dataset):
     assert "already" in line.lower() or "not empty" in line.lower(), line
     assert len(mount_fstypes(live)) == 1, "a second mount was stacked on the first"
     assert sorted(p.name for p in live.iterdir()) == ["proj-a", "proj-b"]
+
+
+def test_a_cache_dir_in_use_by_another_mount_is_refused_and_left_alone(mounter, dataset):
+    first = mounter.mount(f"s3://{dataset.bucket}")
+    writing = first.cache_dir / "blocks" / "ab" / "ab01.0.123.1.tmp"  # a block the first daemon is writing
+    writing.parent.mkdir(exist_ok=True)
+    writing.write_bytes(b"x")
+    line = one_line_error(expect_mount_error(mounter, f"s3://{dataset.bucket}", ("in use by another ckptfs mount",),
+                                             cache_dir=first.cache_dir))
+    assert str(first.cache_dir) in line, line
+    assert writing.exists(), "the refused mount deleted the running mount's temporary block"
+    assert sorted(os.listdir(first.mountpoint)) == ["proj-a", "proj-b"]
+
+
+def test_a_staging_dir_in_use_by_another_mount_of_the_remote_is_refused_and_left_alone(mounter, dataset):
+    first = mounter.mount(f"s3://{dataset.bucket}")
+    staging = first.cache_dir / "staging"
+    (journal,) = staging.glob("*/journal")
+    inode = journal.stat().st_ino
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("in use by another ckptfs mount",),
+                       args=["--staging-dir", staging])
+    assert journal.stat().st_ino == inode, "the refused mount replaced the running mount's journal"
