@@ -26,10 +26,11 @@ struct MountPlan {
 
     init(command: MountCommand) throws(CLIError) {
         let environment = Self.environment()
+        let caBundle = try command.caBundle.map { (path) throws(CLIError) in try CommandLinePath.absolute(path, option: "--ca-bundle") }
         let location: RemoteLocation
         do throws(StoreError) {
             location = try RemoteLocation.parse(command.remote)
-            store = try Self.makeStore(location, command: command, environment: environment)
+            store = try Self.makeStore(location, command: command, caBundle: caBundle, environment: environment)
         } catch {
             throw CLIError(error.description)
         }
@@ -44,18 +45,19 @@ struct MountPlan {
         }
         guard command.metadataTTL >= 0, command.negativeTTL >= 0 else { throw CLIError("TTLs must be >= 0 seconds") }
         guard (1...64).contains(command.fetchThreads) else { throw CLIError("--fetch-threads must be between 1 and 64") }
-        if let ca = command.caBundle, access(ca, R_OK) != 0 {
-            throw CLIError("--ca-bundle \(ca): \(String(cString: strerror(errno)))")
+        if let caBundle, access(caBundle, R_OK) != 0 {
+            throw CLIError("--ca-bundle \(caBundle): \(String(cString: strerror(errno)))")
         }
 
         mountpoint = try Mountpoints.validate(command.mountpoint)
-        cacheDirectory = command.cacheDir ?? Self.defaultCacheDirectory(environment)
+        cacheDirectory = try CommandLinePath.absolute(command.cacheDir ?? Self.defaultCacheDirectory(environment), option: "--cache-dir")
+        let stagingDirectory = try command.stagingDir.map { (path) throws(CLIError) in try CommandLinePath.absolute(path, option: "--staging-dir") }
+        logFile = try CommandLinePath.absolute(command.logFile ?? cacheDirectory + "/ckptfs.log", option: "--log-file")
         do throws(CacheError) {
             try BlockCache.checkAvailable(directory: cacheDirectory)
         } catch {
             throw CLIError(error.description)
         }
-        logFile = command.logFile ?? cacheDirectory + "/ckptfs.log"
 
         do throws(StoreError) {
             try store.checkAccess(prefix: location.prefix)
@@ -68,7 +70,7 @@ struct MountPlan {
             overlay = nil
         } else {
             guard (1...64).contains(command.uploadThreads) else { throw CLIError("--upload-threads must be between 1 and 64") }
-            let staging = command.stagingDir ?? cacheDirectory + "/staging"
+            let staging = stagingDirectory ?? cacheDirectory + "/staging"
             let directory = staging + "/" + String(XXH64.hash(store.identity + "\u{0}" + location.prefix), radix: 16)
             var upload = UploadOptions()
             upload.parallelism = command.uploadThreads
@@ -178,7 +180,7 @@ struct MountPlan {
     }
 
     private static func makeStore(
-        _ location: RemoteLocation, command: MountCommand, environment: [String: String]
+        _ location: RemoteLocation, command: MountCommand, caBundle: String?, environment: [String: String]
     ) throws(StoreError) -> any ObjectStore {
         switch location {
         case .local(let root):
@@ -188,7 +190,7 @@ struct MountPlan {
             let region = command.region ?? environment["AWS_REGION"] ?? environment["AWS_DEFAULT_REGION"] ?? "us-east-1"
             let configuration = S3Store.Configuration(
                 bucket: bucket, endpoint: endpoint, region: region,
-                credentials: try S3Credentials.fromEnvironment(environment), caBundle: command.caBundle)
+                credentials: try S3Credentials.fromEnvironment(environment), caBundle: caBundle)
             return try S3Store(configuration)
         }
     }

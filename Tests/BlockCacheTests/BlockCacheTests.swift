@@ -130,4 +130,13 @@ import TestSupport
         try BlockCache.checkAvailable(directory: scratch.path)
         #expect(try BlockCache(directory: scratch.path, capacity: 1 << 20).contains(key))
     }
+
+    @Test func aRelativePrivateDirectoryIsCreatedBelowTheCurrentDirectory() throws {
+        let name = "ckptfs-relative-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { _ = system("rm -rf './\(name)' '/\(name)'") }
+        try PrivateDirectory.prepare(name + "/cache")
+        var info = stat()
+        #expect(stat("./\(name)/cache", &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR)
+        #expect(access("/\(name)", F_OK) != 0, "created below / instead")
+    }
 }

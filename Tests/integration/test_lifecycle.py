@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 
-from support import (MOTO_SECRET_KEY, is_mounted, mount_fstypes, pids_whose_argv_contains, pids_with_argument,
-                     sha256_file, wait_until_gone)
+from support import (LIVE_MOUNTPOINTS, MOTO_SECRET_KEY, is_mounted, mount_fstypes, pids_whose_argv_contains,
+                     pids_with_argument, run, sha256_file, wait_until_gone)
 
 SMALL = "proj-a/job1/checkpoint-2/rank-1/model.safetensors"
 
@@ -94,3 +97,52 @@ def test_foreground_stays_attached_until_sigterm(mounter, dataset, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def registered(mounter, mountpoint: Path) -> Path:
+    """`mountpoint`, recorded so that the Mounter unmounts it at teardown (for mounts made without it)."""
+    mounter.used.append(mountpoint)
+    LIVE_MOUNTPOINTS.add(mountpoint)
+    return mountpoint
+
+
+def test_relative_cache_staging_and_log_paths_are_below_the_current_directory(mounter, dataset, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    tag = uuid.uuid4().hex[:8]
+    names = [f"relcache-{tag}", f"relstage-{tag}", f"rel-{tag}.log"]
+    argv, mnt, _ = mounter.command(f"s3://{dataset.bucket}", cache_dir=f"./{names[0]}",
+                                   args=["--staging-dir", names[1], "--log-file", names[2]])
+    try:
+        result = subprocess.run(argv, cwd=work, capture_output=True, stdin=subprocess.DEVNULL, env=mounter.env,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert sorted(os.listdir(mnt)) == ["proj-a", "proj-b"]
+        for name in names:
+            assert (work / name).exists(), f"{name} is not below the current directory"
+            assert not (Path("/") / name).exists(), f"{name} was created below /"
+    finally:
+        mounter.close()
+        for leftover in (Path("/") / name for name in names):  # where the bug put them
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            elif leftover.exists():
+                leftover.unlink()
+
+
+def test_demo_with_a_relative_dir_writes_below_the_current_directory(mounter, ckptfs_bin, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    name = f"revdemo-{uuid.uuid4().hex[:8]}"
+    mnt = registered(mounter, work / name / "mnt")
+    wrong = registered(mounter, Path("/") / name / "mnt")  # where the bug mounted it
+    try:
+        result = run([ckptfs_bin, "demo", "--dir", name], cwd=work, env=mounter.env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert is_mounted(mnt)
+        assert (mnt / "llama-ft/run-7/latest/rank-0/config.json").is_file()
+        assert not wrong.parent.exists(), "the demo wrote below /"
+    finally:
+        mounter.close()
+        shutil.rmtree(wrong.parent, ignore_errors=True)
+
