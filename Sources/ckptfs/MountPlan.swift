@@ -53,6 +53,12 @@ struct MountPlan {
         cacheDirectory = try CommandLinePath.absolute(command.cacheDir ?? Self.defaultCacheDirectory(environment), option: "--cache-dir")
         let stagingDirectory = try command.stagingDir.map { (path) throws(CLIError) in try CommandLinePath.absolute(path, option: "--staging-dir") }
         logFile = try CommandLinePath.absolute(command.logFile ?? cacheDirectory + "/ckptfs.log", option: "--log-file")
+        // Checked before anything is created: a directory made inside the mount point would leave it not empty.
+        var paths = [("cache dir", "--cache-dir", cacheDirectory), ("log file", "--log-file", logFile)]
+        if let stagingDirectory { paths.append(("staging dir", "--staging-dir", stagingDirectory)) }
+        for (what, option, path) in paths where CommandLinePath.isInside(path, mountpoint) {
+            throw CLIError("\(what) \(path) is inside the mountpoint \(mountpoint): choose one outside it with \(option)")
+        }
         do throws(CacheError) {
             try BlockCache.checkAvailable(directory: cacheDirectory)
         } catch {

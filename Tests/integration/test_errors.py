@@ -74,3 +74,18 @@ def test_a_staging_dir_in_use_by_another_mount_of_the_remote_is_refused_and_left
     expect_mount_error(mounter, f"s3://{dataset.bucket}", ("in use by another ckptfs mount",),
                        args=["--staging-dir", staging])
     assert journal.stat().st_ino == inode, "the refused mount replaced the running mount's journal"
+
+
+@pytest.mark.parametrize("where", ["cache-dir", "staging-dir", "log-file", "cache-dir-through-a-link"])
+def test_a_path_inside_the_mountpoint_is_refused_and_nothing_is_created(mounter, dataset, tmp_path, where):
+    mnt = mounter.fresh_dir("mnt")
+    inside = mnt / "sub" / "x"
+    if where == "cache-dir-through-a-link":
+        (tmp_path / "link").symlink_to(mnt)
+        kw = {"cache_dir": tmp_path / "link" / "new" / ".." / "cache"}
+    elif where == "cache-dir":
+        kw = {"cache_dir": inside}
+    else:
+        kw = {"args": [f"--{where}", inside]}
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("inside the mountpoint",), mountpoint=mnt, **kw)
+    assert os.listdir(mnt) == [], "the refused mount left files in the mount point"
