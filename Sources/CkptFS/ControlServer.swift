@@ -92,7 +92,9 @@ public enum ControlChannel {
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         if let timeout {
-            var limit = timeval(tv_sec: Int(timeout), tv_usec: Int(timeout.truncatingRemainder(dividingBy: 1) * 1e6))
+            // A zero timeval would mean no timeout at all.
+            let seconds = max(timeout, 0.001)
+            var limit = timeval(tv_sec: Int(seconds), tv_usec: Int(seconds.truncatingRemainder(dividingBy: 1) * 1e6))
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
         }
         guard var address = address(path) else { return nil }

@@ -43,7 +43,9 @@ struct MountPlan {
         guard cacheSize >= 8 * blockSize else {
             throw CLIError("--cache-size \(command.cacheSize) is too small: at least 8 blocks (\(8 * blockSize >> 20)M) are needed")
         }
-        guard command.metadataTTL >= 0, command.negativeTTL >= 0 else { throw CLIError("TTLs must be >= 0 seconds") }
+        try Seconds.check(command.metadataTTL, option: "--metadata-ttl")
+        try Seconds.check(command.negativeTTL, option: "--negative-ttl")
+        try Seconds.check(command.drainTimeout, option: "--drain-timeout")
         guard (1...64).contains(command.fetchThreads) else { throw CLIError("--fetch-threads must be between 1 and 64") }
         if let caBundle, access(caBundle, R_OK) != 0 {
             throw CLIError("--ca-bundle \(caBundle): \(String(cString: strerror(errno)))")

@@ -25,6 +25,8 @@ struct UnmountCommand: ParsableCommand {
     }
 
     private func unmount() throws(CLIError) {
+        try Seconds.check(timeout, option: "--timeout")
+        try Seconds.check(drainTimeout, option: "--drain-timeout")
         let absolute: String
         if let resolved = realpath(mountpoint, nil) {
             absolute = String(cString: resolved)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from support import FAIL_TIMEOUT, expect_mount_error, free_port, mount_fstypes, one_line_error
+from support import FAIL_TIMEOUT, expect_mount_error, free_port, is_mounted, mount_fstypes, one_line_error, run
 
 
 @pytest.mark.parametrize("remote,keywords", [
@@ -89,3 +89,21 @@ def test_a_path_inside_the_mountpoint_is_refused_and_nothing_is_created(mounter,
         kw = {"args": [f"--{where}", inside]}
     expect_mount_error(mounter, f"s3://{dataset.bucket}", ("inside the mountpoint",), mountpoint=mnt, **kw)
     assert os.listdir(mnt) == [], "the refused mount left files in the mount point"
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--drain-timeout", "nan"), ("--drain-timeout", "inf"), ("--drain-timeout", "-5"), ("--metadata-ttl", "inf"),
+    ("--negative-ttl", "1e300"), ("--staging-size", "0"),
+])
+def test_invalid_duration_or_size(mounter, dataset, option, value):
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", (option,), args=[f"{option}={value}"])
+
+
+def test_unmount_refuses_an_invalid_timeout_and_leaves_the_mount_alone(mounter, dataset, ckptfs_bin):
+    mnt = mounter.mount(f"s3://{dataset.bucket}").mountpoint
+    for option, value in [("--drain-timeout", "nan"), ("--drain-timeout", "inf"), ("--timeout", "-5")]:
+        result = run([ckptfs_bin, "unmount", mnt, f"{option}={value}"], env=mounter.env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("ckptfs: error: "), result
+        assert option in lines[0], lines[0]
+        assert is_mounted(mnt)
