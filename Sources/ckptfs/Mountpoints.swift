@@ -6,20 +6,23 @@ import Glibc
 enum Mountpoints {
     /// Resolves `path` and checks that it is an existing, empty directory that is not already mounted.
     static func validate(_ path: String) throws(CLIError) -> String {
-        guard let resolved = realpath(path, nil) else {
-            switch errno {
-            case ENOENT: throw CLIError("mountpoint \(path) does not exist")
-            case ENOTCONN: throw CLIError("mountpoint \(path) is a stale FUSE mount; clear it with: fusermount3 -uz \(path)")
-            default: throw CLIError("mountpoint \(path): \(String(cString: strerror(errno)))")
+        // A FUSE mount whose daemon died answers ENOTCONN; glibc's realpath may still succeed (it need not
+        // look at the last component), and the stat after it then fails.
+        func failure(_ code: Int32) -> CLIError {
+            switch code {
+            case ENOENT: CLIError("mountpoint \(path) does not exist")
+            case ENOTCONN: CLIError("mountpoint \(path) is a stale FUSE mount; clear it with: fusermount3 -uz \(path)")
+            default: CLIError("mountpoint \(path): \(String(cString: strerror(code)))")
             }
         }
+        guard let resolved = realpath(path, nil) else { throw failure(errno) }
         let absolute = String(cString: resolved)
         free(resolved)
         var info = stat()
-        guard stat(absolute, &info) == 0 else { throw CLIError("mountpoint \(path): \(String(cString: strerror(errno)))") }
+        guard stat(absolute, &info) == 0 else { throw failure(errno) }
         guard (info.st_mode & S_IFMT) == S_IFDIR else { throw CLIError("mountpoint \(path) is not a directory") }
         if isMounted(absolute) { throw CLIError("mountpoint \(path) is already a mount point") }
-        guard let dir = opendir(absolute) else { throw CLIError("mountpoint \(path): \(String(cString: strerror(errno)))") }
+        guard let dir = opendir(absolute) else { throw failure(errno) }
         defer { closedir(dir) }
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }

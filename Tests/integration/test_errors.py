@@ -1,10 +1,12 @@
 """Bad input makes `ckptfs mount` fail fast with one line, a non-zero exit and nothing mounted."""
 
 import os
+import signal
 
 import pytest
 
-from support import FAIL_TIMEOUT, expect_mount_error, free_port, is_mounted, mount_fstypes, one_line_error, run
+from support import (FAIL_TIMEOUT, expect_mount_error, free_port, is_mounted, mount_fstypes, one_line_error,
+                     pids_with_argument, run, wait_until_gone)
 
 
 @pytest.mark.parametrize("remote,keywords", [
@@ -107,3 +109,14 @@ def test_unmount_refuses_an_invalid_timeout_and_leaves_the_mount_alone(mounter, 
         assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("ckptfs: error: "), result
         assert option in lines[0], lines[0]
         assert is_mounted(mnt)
+
+
+def test_a_stale_mountpoint_gets_the_fusermount_hint(mounter, dataset):
+    first = mounter.mount(f"s3://{dataset.bucket}", args=["--read-only"])
+    pids = pids_with_argument(str(first.mountpoint))
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_until_gone(pids, timeout=10) == []
+    attempt = mounter.attempt(f"s3://{dataset.bucket}", mountpoint=first.mountpoint, timeout=FAIL_TIMEOUT)
+    line = one_line_error(attempt)
+    assert f"fusermount3 -uz {first.mountpoint}" in line, line
