@@ -144,11 +144,12 @@ struct MountPlan {
             throw CLIError("log file \(logFile): \(String(cString: strerror(errno)))")
         }
         let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        var childArguments = [Subprocess.currentExecutable()] + arguments.dropFirst()
-        childArguments += ["--foreground", "--ready-fd", "3"]
+        // The daemon's options go right after the subcommand: after a `--` they would be positional.
+        var daemonOptions = ["--foreground", "--ready-fd", "3"]
         if !arguments.contains(where: { $0 == "--log-file" || $0.hasPrefix("--log-file=") }) {
-            childArguments += ["--log-file", logFile]
+            daemonOptions += ["--log-file", logFile]
         }
+        let childArguments = [Subprocess.currentExecutable()] + arguments.dropFirst().prefix(1) + daemonOptions + arguments.dropFirst(2)
         let spawned: pid_t
         do throws(CLIError) {
             spawned = try Subprocess.spawn(childArguments, stdin: null, stdout: log, stderr: log, extra: pipeFDs[1], newSession: true)

@@ -146,3 +146,12 @@ def test_demo_with_a_relative_dir_writes_below_the_current_directory(mounter, ck
         mounter.close()
         shutil.rmtree(wrong.parent, ignore_errors=True)
 
+
+
+def test_options_before_a_double_dash_still_reach_the_daemon(mounter, dataset, ckptfs_bin):
+    mnt = registered(mounter, mounter.fresh_dir("mnt"))
+    cache = mounter.fresh_dir("cache")
+    result = run([ckptfs_bin, "mount", "--cache-dir", cache, "--read-only", "--", f"file://{dataset.local_root}", mnt],
+                 env=mounter.env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(mnt)) == ["proj-a", "proj-b"]
