@@ -129,6 +129,9 @@ struct MountCommand: ParsableCommand {
 
     /// Mounts and serves until unmounted; returns how many upload operations were left staged.
     private func serve(_ plan: MountPlan, ready: inout ReadyChannel?) throws(CLIError) -> Int {
+        // Every path in the plan is absolute: the daemon must not keep the caller's directory (on another
+        // mount, it would keep that one busy).
+        _ = chdir("/")
         let fileSystem = try plan.openFileSystem()
         let session: FuseSession
         do throws(MountError) {

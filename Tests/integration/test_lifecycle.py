@@ -155,3 +155,21 @@ def test_options_before_a_double_dash_still_reach_the_daemon(mounter, dataset, c
                  env=mounter.env)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(mnt)) == ["proj-a", "proj-b"]
+
+
+def test_the_daemon_keeps_neither_the_callers_directory_nor_its_descriptors(mounter, dataset):
+    outer = mounter.mount(f"s3://{dataset.bucket}", args=["--read-only"]).mountpoint
+    argv, inner, _ = mounter.command(f"s3://{dataset.bucket}", args=["--read-only"])
+    fd = os.open(outer / SMALL, os.O_RDONLY)
+    try:  # started from a directory of the outer mount, with a file of it open
+        result = subprocess.run(argv, cwd=outer / "proj-a", pass_fds=(fd,), capture_output=True,
+                                stdin=subprocess.DEVNULL, env=mounter.env, timeout=60)
+    finally:
+        os.close(fd)
+    assert result.returncode == 0, result.stderr
+    (pid,) = daemons(inner)
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    held = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
+    assert not [path for path in held if path.startswith(str(outer))], held
+    result = mounter.unmount(outer)
+    assert result.returncode == 0, f"the inner daemon keeps the outer mount busy: {result.stderr}"
