@@ -2,6 +2,7 @@ import BlockCache
 import Glibc
 import Logging
 import Overlay
+import Synchronization
 
 /// The daemon's control channel: a Unix socket in the user's private runtime directory (0700, socket 0600).
 /// One request line per connection, answered with one or more lines:
@@ -13,6 +14,8 @@ public final class ControlServer: @unchecked Sendable {
     private let rootPrefix: String
     private let path: String
     private let fd: Int32
+    /// Whether `fd` is still open: the accept thread closes it when it ends.
+    private let listening = Mutex(true)
     private let logger = Logger(label: "ckptfs.control")
 
     public init(
@@ -30,16 +33,27 @@ public final class ControlServer: @unchecked Sendable {
         ThreadLauncher.detach { [self] in acceptLoop() }
     }
 
-    deinit {
-        close(fd)
+    /// Stops serving: removes the socket's file, so no client reaches a daemon that is leaving (or a later
+    /// `unmount` mistakes the file for one), and ends the accept thread, which closes the socket. Requests
+    /// being answered are finished.
+    public func stop() {
         unlink(path)
+        listening.withLock { open in
+            if open { shutdown(fd, Int32(SHUT_RDWR)) }
+        }
     }
 
     private func acceptLoop() {
+        defer {
+            listening.withLock { open in
+                open = false
+                close(fd)
+            }
+        }
         while true {
             let client = accept(fd, nil, nil)
             if client < 0 {
-                if errno == EINTR { continue }
+                if errno == EINTR || errno == ECONNABORTED { continue }
                 return
             }
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)

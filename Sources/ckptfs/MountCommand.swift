@@ -164,7 +164,7 @@ struct MountCommand: ParsableCommand {
                 Logger(label: "ckptfs").warning("uploads left staged for the next mount", metadata: ["operations": "\(left)"])
             }
         }
-        withExtendedLifetime(control) {}
+        control?.stop()
         if let pidFile { unlink(pidFile) }
         return left
     }

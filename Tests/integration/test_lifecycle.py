@@ -173,3 +173,37 @@ def test_the_daemon_keeps_neither_the_callers_directory_nor_its_descriptors(moun
     assert not [path for path in held if path.startswith(str(outer))], held
     result = mounter.unmount(outer)
     assert result.returncode == 0, f"the inner daemon keeps the outer mount busy: {result.stderr}"
+
+
+def control_socket(pid: int) -> Path:
+    """The Unix socket the daemon `pid` listens on (its control socket), from /proc/net/unix."""
+    links = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
+    inodes = {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 8 and fields[6] in inodes and int(fields[3], 16) & 0x10000:  # __SO_ACCEPTCON
+            return Path(fields[7])
+    raise AssertionError(f"daemon {pid} listens on no Unix socket")
+
+
+def test_unmount_removes_the_control_socket_and_a_later_read_only_mount_unmounts_cleanly(mounter, dataset):
+    first = mounter.mount(f"s3://{dataset.bucket}")
+    socket_path = control_socket(daemons(first.mountpoint)[0])
+    assert mounter.unmount(first.mountpoint).returncode == 0
+    assert not socket_path.exists(), "the control socket outlived its daemon"
+    again = mounter.mount(first.remote, mountpoint=first.mountpoint, cache_dir=first.cache_dir, args=["--read-only"])
+    result = mounter.unmount(again.mountpoint)
+    assert result.returncode == 0, result.stderr
+
+
+def test_unmount_of_a_killed_writable_daemon_says_it_was_not_running(mounter, dataset):
+    mnt = mounter.mount(f"s3://{dataset.bucket}").mountpoint
+    pids = daemons(mnt)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_until_gone(pids, timeout=10) == []
+    result = mounter.unmount(mnt)
+    assert not is_mounted(mnt)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result
+    assert "not running" in lines[0] and "did not finish" not in lines[0], lines[0]
