@@ -84,7 +84,9 @@ public final class ControlServer: @unchecked Sendable {
         } else {
             reply = "error unknown request\n"
         }
-        _ = reply.withCString { write(client, $0, strlen($0)) }
+        // A client that gave up waiting (`unmount --drain-timeout`) has closed its end: without MSG_NOSIGNAL
+        // the reply would raise SIGPIPE, which kills the daemon once libfuse's handlers are gone.
+        _ = reply.withCString { send(client, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
     }
 
     private static func bind(_ fd: Int32, _ path: String) -> Bool {
@@ -119,7 +121,7 @@ public enum ControlChannel {
         }
         guard connected else { return nil }
         let line = request + "\n"
-        _ = line.withCString { write(fd, $0, strlen($0)) }
+        _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
         var answer = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
