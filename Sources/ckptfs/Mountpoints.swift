@@ -2,7 +2,7 @@ import BlockCache
 import CkptFS
 import Glibc
 
-/// Checks on mount points and the per-user runtime directory where daemons leave their pid files.
+/// Checks on mount points, and the per-user runtime directory where daemons leave their control socket and pid file.
 enum Mountpoints {
     /// Resolves `path` and checks that it is an existing, empty directory that is not already mounted.
     static func validate(_ path: String) throws(CLIError) -> String {
@@ -33,10 +33,12 @@ enum Mountpoints {
 
     static func isMounted(_ absolute: String) -> Bool { MountTable.entry(at: absolute) != nil }
 
-    /// `$XDG_RUNTIME_DIR/ckptfs`, or `/tmp/ckptfs-UID`: created 0700 and required to be ours.
+    /// Where daemons leave their control socket and pid file: `/run/ckptfs-UID` where the user may write
+    /// `/run` (root), else `/tmp/ckptfs-UID`. It depends on nothing but the user, never on the environment
+    /// (`XDG_RUNTIME_DIR` differs between a login shell, `sudo` and cron), so every `ckptfs` command of the
+    /// user finds the daemon of a mount. Created 0700; it must be a directory of the user's own, not a link.
     static func runtimeDirectory() throws(CLIError) -> String {
-        let base = getenv("XDG_RUNTIME_DIR").map { String(cString: $0) }
-        let path = base.map { "\($0)/ckptfs" } ?? "/tmp/ckptfs-\(geteuid())"
+        let path = "\(access("/run", W_OK) == 0 ? "/run" : "/tmp")/ckptfs-\(geteuid())"
         if mkdir(path, 0o700) != 0 && errno != EEXIST {
             throw CLIError("runtime dir \(path): \(String(cString: strerror(errno)))")
         }
@@ -44,7 +46,7 @@ enum Mountpoints {
         guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR, info.st_uid == geteuid() else {
             throw CLIError("runtime dir \(path) is not a directory owned by the current user")
         }
-        chmod(path, 0o700)
+        guard chmod(path, 0o700) == 0 else { throw CLIError("runtime dir \(path): \(String(cString: strerror(errno)))") }
         return path
     }
 

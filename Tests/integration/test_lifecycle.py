@@ -207,3 +207,30 @@ def test_unmount_of_a_killed_writable_daemon_says_it_was_not_running(mounter, da
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result
     assert "not running" in lines[0] and "did not finish" not in lines[0], lines[0]
+
+
+def test_commands_reach_the_daemon_whatever_their_XDG_RUNTIME_DIR(mounter, ckptfs_bin, tmp_path):
+    remote = tmp_path / "remote"
+    (remote / "proj").mkdir(parents=True)
+    (remote / "proj" / "old.bin").write_bytes(b"old")
+    runtime = {name: tmp_path / f"run-{name}" for name in ("mount", "other")}
+    for path in runtime.values():
+        path.mkdir(mode=0o700)
+    env = {name: {**mounter.env, "XDG_RUNTIME_DIR": str(path)} for name, path in runtime.items()}
+    attempt = mounter.mount(f"file://{remote}", args=["--drain-timeout", "3"], env=env["mount"])
+    mnt = attempt.mountpoint
+    status = run([ckptfs_bin, "status", mnt], env=env["other"])
+    assert status.returncode == 0, status.stderr
+    assert os.listdir(mnt) == ["proj"]  # cached: creating a name below needs the store no more
+    remote.rename(tmp_path / "remote-gone")  # uploads fail from now on, and are retried
+    (mnt / "new.bin").write_bytes(b"new")
+    pids = daemons(mnt)
+    socket_path = control_socket(pids[0])
+    result = run([ckptfs_bin, "unmount", mnt, "--drain-timeout", "1"], env=env["other"])
+    assert not is_mounted(mnt)
+    assert result.returncode == 1 and "did not finish" in result.stderr, result
+    # The daemon drains on for its own --drain-timeout; the answer to the sync that unmount gave up on
+    # must not kill it (SIGPIPE), so it ends as usual.
+    assert wait_until_gone(pids, timeout=15) == []
+    assert "uploads left staged" in (attempt.cache_dir / "ckptfs.log").read_text()
+    assert not socket_path.exists()
