@@ -25,10 +25,21 @@ public final class ControlServer: @unchecked Sendable {
         self.overlay = overlay
         self.fileSystem = fileSystem
         self.rootPrefix = rootPrefix
+        guard let address = ControlChannel.address(path) else {
+            throw MountError("control socket \(path): the path is too long for a Unix socket")
+        }
+        // A file left by a daemon that died is replaced; a socket someone listens on is not taken over.
+        if ControlChannel.isListening(path) {
+            throw MountError("control socket \(path) is in use by another ckptfs daemon")
+        }
         unlink(path)
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0, Self.bind(fd, path), chmod(path, 0o600) == 0, listen(fd, 16) == 0 else {
-            throw MountError("control socket \(path): \(String(cString: strerror(errno)))")
+        guard fd >= 0 else { throw MountError("control socket \(path): \(String(cString: strerror(errno)))") }
+        guard Self.bind(fd, address), chmod(path, 0o600) == 0, listen(fd, 16) == 0 else {
+            let code = errno
+            close(fd)
+            unlink(path)
+            throw MountError("control socket \(path): \(String(cString: strerror(code)))")
         }
         ThreadLauncher.detach { [self] in acceptLoop() }
     }
@@ -89,8 +100,8 @@ public final class ControlServer: @unchecked Sendable {
         _ = reply.withCString { send(client, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
     }
 
-    private static func bind(_ fd: Int32, _ path: String) -> Bool {
-        guard var address = ControlChannel.address(path) else { return false }
+    private static func bind(_ fd: Int32, _ address: sockaddr_un) -> Bool {
+        var address = address
         return withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
@@ -104,8 +115,7 @@ public enum ControlChannel {
     /// Sends `request` to the daemon listening at `path` and returns its whole answer; nil if the daemon
     /// cannot be reached or has not answered within `timeout` seconds.
     public static func ask(_ path: String, _ request: String, timeout: Double? = nil) -> String? {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return nil }
+        guard let fd = connected(path) else { return nil }
         defer { close(fd) }
         if let timeout {
             // A zero timeval would mean no timeout at all.
@@ -113,13 +123,6 @@ public enum ControlChannel {
             var limit = timeval(tv_sec: Int(seconds), tv_usec: Int(seconds.truncatingRemainder(dividingBy: 1) * 1e6))
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
         }
-        guard var address = address(path) else { return nil }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
-            }
-        }
-        guard connected else { return nil }
         let line = request + "\n"
         _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
         var answer = [UInt8]()
@@ -132,6 +135,30 @@ public enum ControlChannel {
             answer += buffer[0..<count]
         }
         return String(decoding: answer, as: UTF8.self)
+    }
+
+    /// Whether something accepts connections on `path` (a daemon, not a file left by one that died).
+    static func isListening(_ path: String) -> Bool {
+        guard let fd = connected(path) else { return false }
+        close(fd)
+        return true
+    }
+
+    /// A socket connected to `path`; nil if nothing listens there.
+    private static func connected(_ path: String) -> Int32? {
+        guard var address = address(path) else { return nil }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+        guard connected else {
+            close(fd)
+            return nil
+        }
+        return fd
     }
 
     /// The socket address of `path`; nil if the path is too long for one.

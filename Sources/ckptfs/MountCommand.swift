@@ -133,14 +133,8 @@ struct MountCommand: ParsableCommand {
         // mount, it would keep that one busy).
         _ = chdir("/")
         let fileSystem = try plan.openFileSystem()
-        let session: FuseSession
-        do throws(MountError) {
-            session = try FuseSession(fileSystem: fileSystem, mountpoint: plan.mountpoint, options: plan.fuseOptions)
-        } catch {
-            throw CLIError(error.description)
-        }
+        // Whatever can fail is done before the mount: an error after it would leave a dead mount behind.
         let pidFile = try? Mountpoints.pidFile(for: plan.mountpoint)
-        if let pidFile { try? "\(getpid())\n".write(toFile: pidFile) }
         var control: ControlServer?
         if let overlay = fileSystem.overlay {
             let socket = try Mountpoints.socketFile(for: plan.mountpoint)
@@ -150,12 +144,22 @@ struct MountCommand: ParsableCommand {
                 throw CLIError(error.description)
             }
         }
+        let session: FuseSession
+        do throws(MountError) {
+            session = try FuseSession(fileSystem: fileSystem, mountpoint: plan.mountpoint, options: plan.fuseOptions)
+        } catch {
+            control?.stop()
+            throw CLIError(error.description)
+        }
+        if let pidFile { try? "\(getpid())\n".write(toFile: pidFile) }
         Logger(label: "ckptfs").info("mounted", metadata: ["remote": "\(remote)", "mountpoint": "\(plan.mountpoint)"])
         ThreadLauncher.detach { fileSystem.listRoot() }
         ready?.send("ready")
         ready = nil
         let status = session.run(maxThreads: 16)
         Logger(label: "ckptfs").info("unmounted", metadata: ["status": "\(status)"])
+        // Unmounted, the daemon has nobody left to answer; a request already accepted is still answered.
+        control?.stop()
         fileSystem.flush()
         var left = 0
         if let overlay = fileSystem.overlay {
@@ -164,7 +168,6 @@ struct MountCommand: ParsableCommand {
                 Logger(label: "ckptfs").warning("uploads left staged for the next mount", metadata: ["operations": "\(left)"])
             }
         }
-        control?.stop()
         if let pidFile { unlink(pidFile) }
         return left
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from support import (LIVE_MOUNTPOINTS, MOTO_SECRET_KEY, is_mounted, mount_fstypes, pids_whose_argv_contains,
-                     pids_with_argument, run, sha256_file, wait_until_gone)
+from support import (FAIL_TIMEOUT, LIVE_MOUNTPOINTS, MOTO_SECRET_KEY, is_mounted, mount_fstypes, one_line_error,
+                     pids_whose_argv_contains, pids_with_argument, run, sha256_file, wait_until_gone)
 
 SMALL = "proj-a/job1/checkpoint-2/rank-1/model.safetensors"
 
@@ -234,3 +235,28 @@ def test_commands_reach_the_daemon_whatever_their_XDG_RUNTIME_DIR(mounter, ckptf
     assert wait_until_gone(pids, timeout=15) == []
     assert "uploads left staged" in (attempt.cache_dir / "ckptfs.log").read_text()
     assert not socket_path.exists()
+
+
+def test_a_control_socket_error_fails_the_mount_with_nothing_mounted(mounter, dataset):
+    first = mounter.mount(f"s3://{dataset.bucket}")
+    socket_path = control_socket(daemons(first.mountpoint)[0])
+    assert mounter.unmount(first.mountpoint).returncode == 0
+    socket_path.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX) as squatter:  # something else listens where the daemon's socket goes
+        squatter.bind(str(socket_path))
+        squatter.listen()
+        try:
+            again = mounter.attempt(first.remote, mountpoint=first.mountpoint, cache_dir=first.cache_dir,
+                                    timeout=FAIL_TIMEOUT)
+            assert "control socket" in one_line_error(again)
+            assert not is_mounted(first.mountpoint), "a failed mount left the mount point mounted"
+        finally:
+            socket_path.unlink()
+
+
+def test_a_broken_XDG_RUNTIME_DIR_neither_fails_the_mount_nor_leaves_a_dead_mount(mounter, dataset, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ckptfs").write_text("not a directory")
+    attempt = mounter.attempt(f"s3://{dataset.bucket}", env={**mounter.env, "XDG_RUNTIME_DIR": str(tmp_path / "run")})
+    assert attempt.returncode == 0, attempt.stderr
+    assert sorted(os.listdir(attempt.mountpoint)) == ["proj-a", "proj-b"]
