@@ -159,17 +159,22 @@ struct MountPlan {
         }
         close(pipeFDs[1]); close(log); close(null)
         defer { close(pipeFDs[0]) }
-        let answer = Self.readLine(pipeFDs[0], timeoutMs: 60_000)
+        // The daemon may take long (recovering a staging directory) as long as it says it is busy.
+        var answer = Self.readLine(pipeFDs[0], timeoutMs: Self.readyTimeout * 1000)
+        while answer == "busy" { answer = Self.readLine(pipeFDs[0], timeoutMs: Self.readyTimeout * 1000) }
         if answer == "ready" { return }
         if let answer, answer.hasPrefix("error ") { throw CLIError(String(answer.dropFirst(6))) }
         if answer == nil {
             kill(spawned, SIGKILL)
             _ = Subprocess.wait(spawned)
-            throw CLIError("the daemon did not mount within 60 s; see \(logFile)")
+            throw CLIError("the daemon did not mount or report progress within \(Self.readyTimeout) s; see \(logFile)")
         }
         let status = Subprocess.wait(spawned)
         throw CLIError("the daemon exited (status \(status)) before mounting; see \(logFile)")
     }
+
+    /// Seconds the parent waits for the daemon's next line ("busy", "ready" or "error …").
+    static let readyTimeout: Int32 = 60
 
     /// Reads one line (without its newline) from `fd`; nil if nothing complete arrives in time.
     /// End of file returns what was read so far.
