@@ -2,7 +2,8 @@ import BlockCache
 import CkptFS
 import Glibc
 
-/// Checks on mount points, and the per-user runtime directory where daemons leave their control socket and pid file.
+/// Checks on mount points, and the per-user runtime directory where daemons leave their control socket and
+/// pid file.
 enum Mountpoints {
     /// Resolves `path` and checks that it is an existing, empty directory that is not already mounted.
     static func validate(_ path: String) throws(CLIError) -> String {

@@ -57,7 +57,8 @@ struct UnmountCommand: ParsableCommand {
 
     /// A writable mount uploads what is queued before it goes away (for at most --drain-timeout): waits for
     /// that and returns nil, or says why not (the rest stays staged for the next mount, and the exit status
-    /// says so). A daemon that does not answer at all is not running: nothing can be waited for.
+    /// says so). A daemon that does not answer at all cannot be waited for: it is not running (killed), or,
+    /// rarely, alive without its socket.
     private func drain(_ absolute: String, daemon pid: pid_t?) throws(CLIError) -> String? {
         let socket = try Mountpoints.socketFile(for: absolute)
         guard ControlChannel.ask(socket, "status", timeout: 10) != nil else {
