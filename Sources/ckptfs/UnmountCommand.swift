@@ -45,6 +45,11 @@ struct UnmountCommand: ParsableCommand {
         guard try Subprocess.run(["fusermount3", "-u", absolute], quiet: true) == 0 else {
             throw CLIError("cannot unmount \(mountpoint): it is busy (close files and leave the directory) or not yours")
         }
+        // A daemon that was killed could not remove its files; a live one removes them as it exits.
+        if !(pid.map(Self.isRunningCkptfs) ?? false) {
+            unlink(pidFile)
+            unlink(try Mountpoints.socketFile(for: absolute))
+        }
         if let notDrained { throw CLIError("unmounted, but \(notDrained)") }
         guard let pid else { return }
         var waited = 0.0

@@ -200,6 +200,7 @@ def test_unmount_removes_the_control_socket_and_a_later_read_only_mount_unmounts
 def test_unmount_of_a_killed_writable_daemon_says_it_was_not_running(mounter, dataset):
     mnt = mounter.mount(f"s3://{dataset.bucket}").mountpoint
     pids = daemons(mnt)
+    socket_path = control_socket(pids[0])
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     assert wait_until_gone(pids, timeout=10) == []
@@ -208,6 +209,7 @@ def test_unmount_of_a_killed_writable_daemon_says_it_was_not_running(mounter, da
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result
     assert "not running" in lines[0] and "did not finish" not in lines[0], lines[0]
+    assert not socket_path.exists() and not socket_path.with_suffix(".pid").exists(), "the dead daemon's files are left"
 
 
 def test_commands_reach_the_daemon_whatever_their_XDG_RUNTIME_DIR(mounter, ckptfs_bin, tmp_path):
