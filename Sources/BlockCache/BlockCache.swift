@@ -9,10 +9,13 @@ import Synchronization
 /// either a whole block or a temporary file that the next start deletes. The index lives in memory and is
 /// rebuilt from the directory at start (oldest modification time evicted first). A block is verified
 /// against its checksum the first time this process opens it; one that fails is deleted, never served.
+/// One cache at a time may use a directory: it holds the lock of `blocks/` (`DirectoryLock`) from before
+/// its first scan until it is released.
 public final class BlockCache: Sendable {
     public let directory: String
     public let capacity: Int64
     private let blocksDirectory: String
+    let lock: DirectoryLock
     private let state: Mutex<State>
     private let tempCounter = Atomic<UInt64>(0)
     private let logger = Logger(label: "ckptfs.cache")
@@ -30,14 +33,28 @@ public final class BlockCache: Sendable {
     }
 
     /// Opens (creating with mode 0700 if needed) the cache in `directory`, bounded by `capacity` bytes.
+    /// Fails if another cache, in any process, has the directory open.
     public init(directory: String, capacity: Int64) throws(CacheError) {
         self.directory = directory
         self.capacity = capacity
         blocksDirectory = directory + "/blocks"
         try Self.preparePrivateDirectory(directory)
         try Self.preparePrivateDirectory(blocksDirectory)
+        do throws(DirectoryLock.Failure) {
+            lock = try DirectoryLock(blocksDirectory)
+        } catch {
+            throw CacheError(directory: directory, lockFailure: error)
+        }
         state = Mutex(Self.scan(blocksDirectory))
         evictIfNeeded()
+    }
+
+    /// Prepares `directory` as `init` does and checks that no cache has it open, without opening it (nothing
+    /// is scanned or deleted): the check of `mount` before it starts the daemon that opens the cache.
+    public static func checkAvailable(directory: String) throws(CacheError) {
+        try preparePrivateDirectory(directory)
+        try preparePrivateDirectory(directory + "/blocks")
+        if DirectoryLock.isHeld(in: directory + "/blocks") { throw CacheError(directory: directory, lockFailure: .held) }
     }
 
     /// Bytes and blocks currently held.
@@ -252,5 +269,12 @@ public struct CacheError: Error, CustomStringConvertible, Sendable {
 
     init(path: String, message: String) {
         description = "cache dir \(path): \(message)"
+    }
+
+    init(directory: String, lockFailure: DirectoryLock.Failure) {
+        switch lockFailure {
+        case .held: description = "cache dir \(directory) is in use by another ckptfs mount (give each mount its own --cache-dir)"
+        case .unusable(let path, let code): description = "cache dir \(path): \(String(cString: strerror(code)))"
+        }
     }
 }

@@ -14,7 +14,8 @@ public enum PrivateDirectory {
         func failure(_ at: String, _ code: Int32, _ reason: String? = nil) -> Failure {
             Failure(path: at, errno: code, reason: reason ?? String(cString: strerror(code)))
         }
-        var current = ""
+        // A relative path is created below the current directory, not below `/`.
+        var current = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
             current += "/" + part
             if mkdir(current, 0o700) != 0 && errno != EEXIST { throw failure(current, errno) }

@@ -2,6 +2,7 @@ import BlockCache
 import Glibc
 import Logging
 import Overlay
+import Synchronization
 
 /// The daemon's control channel: a Unix socket in the user's private runtime directory (0700, socket 0600).
 /// One request line per connection, answered with one or more lines:
@@ -13,6 +14,8 @@ public final class ControlServer: @unchecked Sendable {
     private let rootPrefix: String
     private let path: String
     private let fd: Int32
+    /// Whether `fd` is still open: the accept thread closes it when it ends.
+    private let listening = Mutex(true)
     private let logger = Logger(label: "ckptfs.control")
 
     public init(
@@ -22,24 +25,46 @@ public final class ControlServer: @unchecked Sendable {
         self.overlay = overlay
         self.fileSystem = fileSystem
         self.rootPrefix = rootPrefix
+        guard let address = ControlChannel.address(path) else {
+            throw MountError("control socket \(path): the path is too long for a Unix socket")
+        }
+        // A file left by a daemon that died is replaced; a socket someone listens on is not taken over.
+        if ControlChannel.isListening(path) {
+            throw MountError("control socket \(path) is in use by another ckptfs daemon")
+        }
         unlink(path)
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0, Self.bind(fd, path), chmod(path, 0o600) == 0, listen(fd, 16) == 0 else {
-            throw MountError("control socket \(path): \(String(cString: strerror(errno)))")
+        guard fd >= 0 else { throw MountError("control socket \(path): \(String(cString: strerror(errno)))") }
+        guard Self.bind(fd, address), chmod(path, 0o600) == 0, listen(fd, 16) == 0 else {
+            let code = errno
+            close(fd)
+            unlink(path)
+            throw MountError("control socket \(path): \(String(cString: strerror(code)))")
         }
         ThreadLauncher.detach { [self] in acceptLoop() }
     }
 
-    deinit {
-        close(fd)
+    /// Stops serving: removes the socket's file, so no client reaches a daemon that is leaving (or a later
+    /// `unmount` mistakes the file for one), and ends the accept thread, which closes the socket. Requests
+    /// being answered are finished.
+    public func stop() {
         unlink(path)
+        listening.withLock { open in
+            if open { shutdown(fd, Int32(SHUT_RDWR)) }
+        }
     }
 
     private func acceptLoop() {
+        defer {
+            listening.withLock { open in
+                open = false
+                close(fd)
+            }
+        }
         while true {
             let client = accept(fd, nil, nil)
             if client < 0 {
-                if errno == EINTR { continue }
+                if errno == EINTR || errno == ECONNABORTED { continue }
                 return
             }
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
@@ -70,11 +95,13 @@ public final class ControlServer: @unchecked Sendable {
         } else {
             reply = "error unknown request\n"
         }
-        _ = reply.withCString { write(client, $0, strlen($0)) }
+        // A client that gave up waiting (`unmount --drain-timeout`) has closed its end: without MSG_NOSIGNAL
+        // the reply would raise SIGPIPE, which kills the daemon once libfuse's handlers are gone.
+        _ = reply.withCString { send(client, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
     }
 
-    private static func bind(_ fd: Int32, _ path: String) -> Bool {
-        guard var address = ControlChannel.address(path) else { return false }
+    private static func bind(_ fd: Int32, _ address: sockaddr_un) -> Bool {
+        var address = address
         return withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
@@ -88,22 +115,16 @@ public enum ControlChannel {
     /// Sends `request` to the daemon listening at `path` and returns its whole answer; nil if the daemon
     /// cannot be reached or has not answered within `timeout` seconds.
     public static func ask(_ path: String, _ request: String, timeout: Double? = nil) -> String? {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return nil }
+        guard let fd = connected(path) else { return nil }
         defer { close(fd) }
         if let timeout {
-            var limit = timeval(tv_sec: Int(timeout), tv_usec: Int(timeout.truncatingRemainder(dividingBy: 1) * 1e6))
+            // A zero timeval would mean no timeout at all.
+            let seconds = max(timeout, 0.001)
+            var limit = timeval(tv_sec: Int(seconds), tv_usec: Int(seconds.truncatingRemainder(dividingBy: 1) * 1e6))
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
         }
-        guard var address = address(path) else { return nil }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
-            }
-        }
-        guard connected else { return nil }
         let line = request + "\n"
-        _ = line.withCString { write(fd, $0, strlen($0)) }
+        _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
         var answer = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
@@ -114,6 +135,30 @@ public enum ControlChannel {
             answer += buffer[0..<count]
         }
         return String(decoding: answer, as: UTF8.self)
+    }
+
+    /// Whether something accepts connections on `path` (a daemon, not a file left by one that died).
+    static func isListening(_ path: String) -> Bool {
+        guard let fd = connected(path) else { return false }
+        close(fd)
+        return true
+    }
+
+    /// A socket connected to `path`; nil if nothing listens there.
+    private static func connected(_ path: String) -> Int32? {
+        guard var address = address(path) else { return nil }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+        guard connected else {
+            close(fd)
+            return nil
+        }
+        return fd
     }
 
     /// The socket address of `path`; nil if the path is too long for one.

@@ -2,10 +2,12 @@ import Glibc
 
 /// Reads /proc/self/mountinfo.
 public enum MountTable {
-    /// One mount: the device number `major:minor` and the file system type (e.g. `fuse.ckptfs`).
+    /// One mount: the device number `major:minor`, the file system type (e.g. `fuse.ckptfs`), and whether
+    /// it is mounted read-only.
     public struct Entry: Sendable {
         public let device: String
         public let type: String
+        public let readOnly: Bool
     }
 
     /// The topmost mount at `absolute`, if any.
@@ -21,7 +23,8 @@ public enum MountTable {
             let fields = String(cString: line!).split(separator: " ", omittingEmptySubsequences: false)
             guard fields.count > 4, fields[4] == escaped, let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count
             else { continue }
-            found = Entry(device: String(fields[2]), type: String(fields[dash + 1]))
+            let options = fields[5].split(separator: ",")
+            found = Entry(device: String(fields[2]), type: String(fields[dash + 1]), readOnly: options.contains("ro"))
         }
         return found
     }

@@ -79,6 +79,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private let store: any ObjectStore
     private let journal: Journal
     private let filesDirectory: String
+    /// Held for the overlay's life: no other overlay may recover or write this staging directory.
+    let stagingLock: DirectoryLock
     private let logger = Logger(label: "ckptfs.overlay")
     /// Computes, after `close()` has returned, the checksums of files closed without a running one.
     let checksummer = WorkerPool(threads: 1)
@@ -104,6 +106,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         self.configuration = configuration
         filesDirectory = configuration.directory + "/files"
         try Self.makePrivateDirectory(configuration.directory)
+        stagingLock = try Self.lockStaging(configuration.directory)
         try Self.makePrivateDirectory(filesDirectory)
         let journalPath = configuration.directory + "/journal"
         let records = Journal.read(journalPath)

@@ -14,7 +14,9 @@ enum ByteSize {
         guard let value = Double(digits), value.isFinite, value >= 0, value * multiplier < 9e18 else {
             throw CLIError("invalid size '\(text)' for \(option) (use e.g. 512M, 20G)")
         }
-        return Int64(value * multiplier)
+        let bytes = Int64(value * multiplier)
+        guard bytes > 0 else { throw CLIError("invalid size '\(text)' for \(option): it must be more than 0 bytes") }
+        return bytes
     }
 }
 

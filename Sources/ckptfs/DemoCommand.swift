@@ -12,6 +12,7 @@ struct DemoCommand: ParsableCommand {
 
     func run() throws {
         do throws(CLIError) {
+            let dir = try CommandLinePath.absolute(self.dir, option: "--dir")
             let remote = dir + "/remote"
             let mountpoint = dir + "/mnt"
             try SampleCheckpoints.write(to: remote)
@@ -103,7 +104,7 @@ enum SampleCheckpoints {
     }
 
     static func makeDirectory(_ path: String) throws(CLIError) {
-        var current = ""
+        var current = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
             current += "/" + part
             if mkdir(current, 0o755) != 0 && errno != EEXIST {

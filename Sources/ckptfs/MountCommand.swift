@@ -5,6 +5,7 @@ import Glibc
 import Logging
 import Namespace
 import ObjectStore
+import Synchronization
 
 /// `ckptfs mount`: validates everything, then serves the mount from a detached daemon (or in the
 /// foreground). Returns only once the mount is live, or with a one-line error and nothing mounted.
@@ -110,7 +111,7 @@ struct MountCommand: ParsableCommand {
                 handler.logLevel = level
                 return handler
             }
-            let plan = try MountPlan(command: self, serving: foreground)
+            let plan = try MountPlan(command: self)
             if foreground {
                 leftStaged = try serve(plan, ready: &ready)
             } else {
@@ -129,55 +130,101 @@ struct MountCommand: ParsableCommand {
 
     /// Mounts and serves until unmounted; returns how many upload operations were left staged.
     private func serve(_ plan: MountPlan, ready: inout ReadyChannel?) throws(CLIError) -> Int {
-        let session: FuseSession
-        do throws(MountError) {
-            session = try FuseSession(fileSystem: plan.fileSystem, mountpoint: plan.mountpoint, options: plan.fuseOptions)
-        } catch {
-            throw CLIError(error.description)
+        // Every path in the plan is absolute: the daemon must not keep the caller's directory (on another
+        // mount, it would keep that one busy).
+        _ = chdir("/")
+        // Reports to a parent that is gone (interrupted) must not kill the daemon; libfuse ignores SIGPIPE
+        // from the mount on anyway.
+        signal(SIGPIPE, SIG_IGN)
+        let fileSystem: FileSystem
+        if let ready {
+            fileSystem = try ready.reportingBusy { () throws(CLIError) in try plan.openFileSystem() }
+        } else {
+            fileSystem = try plan.openFileSystem()
         }
+        // Whatever can fail is done before the mount: an error after it would leave a dead mount behind.
         let pidFile = try? Mountpoints.pidFile(for: plan.mountpoint)
-        if let pidFile { try? "\(getpid())\n".write(toFile: pidFile) }
         var control: ControlServer?
-        if let overlay = plan.fileSystem.overlay {
+        if let overlay = fileSystem.overlay {
             let socket = try Mountpoints.socketFile(for: plan.mountpoint)
             do throws(MountError) {
-                let fileSystem = plan.fileSystem
                 control = try ControlServer(path: socket, overlay: overlay, rootPrefix: plan.rootPrefix, fileSystem: fileSystem)
             } catch {
                 throw CLIError(error.description)
             }
         }
+        let session: FuseSession
+        do throws(MountError) {
+            session = try FuseSession(fileSystem: fileSystem, mountpoint: plan.mountpoint, options: plan.fuseOptions)
+        } catch {
+            control?.stop()
+            throw CLIError(error.description)
+        }
+        if let pidFile { try? "\(getpid())\n".write(toFile: pidFile) }
         Logger(label: "ckptfs").info("mounted", metadata: ["remote": "\(remote)", "mountpoint": "\(plan.mountpoint)"])
-        let fileSystem = plan.fileSystem
         ThreadLauncher.detach { fileSystem.listRoot() }
         ready?.send("ready")
         ready = nil
         let status = session.run(maxThreads: 16)
         Logger(label: "ckptfs").info("unmounted", metadata: ["status": "\(status)"])
-        plan.fileSystem.flush()
+        // Unmounted, the daemon has nobody left to answer; a request already accepted is still answered.
+        control?.stop()
+        fileSystem.flush()
         var left = 0
-        if let overlay = plan.fileSystem.overlay {
+        if let overlay = fileSystem.overlay {
             left = overlay.drain(timeout: drainTimeout)
             if left > 0 {
                 Logger(label: "ckptfs").warning("uploads left staged for the next mount", metadata: ["operations": "\(left)"])
             }
         }
-        withExtendedLifetime(control) {}
         if let pidFile { unlink(pidFile) }
         return left
     }
 }
 
-/// The pipe on which a daemon tells the `mount` that started it "ready" or "error <message>".
-struct ReadyChannel {
-    let fd: Int32
+/// The pipe on which a daemon tells the `mount` that started it "ready" or "error <message>" (and closes
+/// it), after "busy" every few seconds while it opens the staging directory: recovery checksums every file
+/// an earlier daemon left queued, which can take longer than the parent waits without news.
+final class ReadyChannel: Sendable {
+    /// Seconds between two "busy" lines; the parent gives up after `MountPlan.readyTimeout` without one.
+    static let busyInterval: UInt32 = 5
 
-    init(_ fd: Int32) { self.fd = fd }
+    /// The pipe until the final message closes it, and whether "busy" is being reported.
+    private let state: Mutex<(fd: Int32?, busy: Bool)>
 
+    init(_ fd: Int32) { state = Mutex((fd, false)) }
+
+    /// Sends the final message and closes the pipe.
     func send(_ message: String) {
+        state.withLock { state in
+            guard let fd = state.fd else { return }
+            Self.write(fd, message)
+            close(fd)
+            state.fd = nil
+        }
+    }
+
+    /// Runs `body`, sending "busy" every `busyInterval` seconds until it returns.
+    func reportingBusy<T>(_ body: () throws(CLIError) -> T) throws(CLIError) -> T {
+        state.withLock { $0.busy = true }
+        defer { state.withLock { $0.busy = false } }
+        ThreadLauncher.detach { [self] in
+            while true {
+                sleep(Self.busyInterval)
+                let reported = state.withLock { state in
+                    guard state.busy, let fd = state.fd else { return false }
+                    Self.write(fd, "busy")
+                    return true
+                }
+                if !reported { return }
+            }
+        }
+        return try body()
+    }
+
+    private static func write(_ fd: Int32, _ message: String) {
         let line = message + "\n"
-        _ = line.withCString { write(fd, $0, strlen($0)) }
-        close(fd)
+        _ = line.withCString { Glibc.write(fd, $0, strlen($0)) }
     }
 }
 

@@ -6,51 +6,66 @@ import Namespace
 import ObjectStore
 import Overlay
 
-/// A validated mount: the store reached and the credentials accepted, the cache ready, the mount point
-/// checked. Built identically by `mount` (to fail early, with one line) and by the daemon it starts.
+/// A validated mount: the store reached and the credentials accepted, the cache and staging directories
+/// ready and used by no other mount, the mount point checked. Built identically by `mount` (to fail early,
+/// with one line) and by the daemon it starts, which then opens the file system (`openFileSystem`).
 struct MountPlan {
     let mountpoint: String
-    let fileSystem: FileSystem
     let fuseOptions: [String]
     let cacheDirectory: String
     let logFile: String
     let rootPrefix: String
+    private let store: any ObjectStore
+    private let cacheSize: Int64
+    private let blockSize: Int64
+    private let fetchThreads: Int
+    private let metadataTTL: Double
+    private let settings: FileSystem.Settings
+    /// The overlay's settings; nil for a read-only mount.
+    private let overlay: Overlay.Configuration?
 
-    /// Validates `command`; with `serving` (the daemon) also recovers the staging directory and starts uploads.
-    init(command: MountCommand, serving: Bool) throws(CLIError) {
+    init(command: MountCommand) throws(CLIError) {
         let environment = Self.environment()
+        let caBundle = try command.caBundle.map { (path) throws(CLIError) in try CommandLinePath.absolute(path, option: "--ca-bundle") }
         let location: RemoteLocation
-        let store: any ObjectStore
         do throws(StoreError) {
             location = try RemoteLocation.parse(command.remote)
-            store = try Self.makeStore(location, command: command, environment: environment)
+            store = try Self.makeStore(location, command: command, caBundle: caBundle, environment: environment)
         } catch {
             throw CLIError(error.description)
         }
 
-        let cacheSize = try ByteSize.parse(command.cacheSize, option: "--cache-size")
-        let blockSize = try ByteSize.parse(command.blockSize, option: "--block-size")
+        cacheSize = try ByteSize.parse(command.cacheSize, option: "--cache-size")
+        blockSize = try ByteSize.parse(command.blockSize, option: "--block-size")
         guard blockSize >= 1 << 20, blockSize <= 64 << 20, blockSize & (blockSize - 1) == 0 else {
             throw CLIError("invalid --block-size \(command.blockSize): use a power of two from 1M to 64M")
         }
         guard cacheSize >= 8 * blockSize else {
             throw CLIError("--cache-size \(command.cacheSize) is too small: at least 8 blocks (\(8 * blockSize >> 20)M) are needed")
         }
-        guard command.metadataTTL >= 0, command.negativeTTL >= 0 else { throw CLIError("TTLs must be >= 0 seconds") }
+        try Seconds.check(command.metadataTTL, option: "--metadata-ttl")
+        try Seconds.check(command.negativeTTL, option: "--negative-ttl")
+        try Seconds.check(command.drainTimeout, option: "--drain-timeout")
         guard (1...64).contains(command.fetchThreads) else { throw CLIError("--fetch-threads must be between 1 and 64") }
-        if let ca = command.caBundle, access(ca, R_OK) != 0 {
-            throw CLIError("--ca-bundle \(ca): \(String(cString: strerror(errno)))")
+        if let caBundle, access(caBundle, R_OK) != 0 {
+            throw CLIError("--ca-bundle \(caBundle): \(String(cString: strerror(errno)))")
         }
 
         mountpoint = try Mountpoints.validate(command.mountpoint)
-        cacheDirectory = command.cacheDir ?? Self.defaultCacheDirectory(environment)
-        let cache: BlockCache
+        cacheDirectory = try CommandLinePath.absolute(command.cacheDir ?? Self.defaultCacheDirectory(environment), option: "--cache-dir")
+        let stagingDirectory = try command.stagingDir.map { (path) throws(CLIError) in try CommandLinePath.absolute(path, option: "--staging-dir") }
+        logFile = try CommandLinePath.absolute(command.logFile ?? cacheDirectory + "/ckptfs.log", option: "--log-file")
+        // Checked before anything is created: a directory made inside the mount point would leave it not empty.
+        var paths = [("cache dir", "--cache-dir", cacheDirectory), ("log file", "--log-file", logFile)]
+        if let stagingDirectory { paths.append(("staging dir", "--staging-dir", stagingDirectory)) }
+        for (what, option, path) in paths where CommandLinePath.isInside(path, mountpoint) {
+            throw CLIError("\(what) \(path) is inside the mountpoint \(mountpoint): choose one outside it with \(option)")
+        }
         do throws(CacheError) {
-            cache = try BlockCache(directory: cacheDirectory, capacity: cacheSize)
+            try BlockCache.checkAvailable(directory: cacheDirectory)
         } catch {
             throw CLIError(error.description)
         }
-        logFile = command.logFile ?? cacheDirectory + "/ckptfs.log"
 
         do throws(StoreError) {
             try store.checkAccess(prefix: location.prefix)
@@ -59,33 +74,26 @@ struct MountPlan {
         }
 
         rootPrefix = location.prefix
-        var overlay: Overlay?
-        if !command.readOnly {
+        if command.readOnly {
+            overlay = nil
+        } else {
             guard (1...64).contains(command.uploadThreads) else { throw CLIError("--upload-threads must be between 1 and 64") }
-            let staging = command.stagingDir ?? cacheDirectory + "/staging"
+            let staging = stagingDirectory ?? cacheDirectory + "/staging"
             let directory = staging + "/" + String(XXH64.hash(store.identity + "\u{0}" + location.prefix), radix: 16)
             var upload = UploadOptions()
             upload.parallelism = command.uploadThreads
             let stagingLimit = try command.stagingSize.map { (text) throws(CLIError) in try ByteSize.parse(text, option: "--staging-size") } ?? .max
             do throws(OverlayError) {
-                if serving {
-                    overlay = try Overlay(
-                        store: store,
-                        configuration: .init(
-                            directory: directory, rootPrefix: location.prefix, upload: upload,
-                            uploadThreads: command.uploadThreads, stagingLimit: stagingLimit))
-                } else {
-                    try Overlay.makePrivateDirectory(directory)
-                }
+                try Overlay.checkAvailable(directory: directory)
             } catch {
                 throw CLIError(error.description)
             }
+            overlay = Overlay.Configuration(
+                directory: directory, rootPrefix: location.prefix, upload: upload,
+                uploadThreads: command.uploadThreads, stagingLimit: stagingLimit)
         }
-        let namespace = Namespace(
-            store: store,
-            configuration: .init(rootPrefix: location.prefix, metadataTTL: command.metadataTTL),
-            overlay: overlay)
-        let registry = ObjectRegistry(store: store, cache: cache, fetchThreads: command.fetchThreads, blockSize: blockSize)
+        fetchThreads = command.fetchThreads
+        metadataTTL = command.metadataTTL
         var settings = FileSystem.Settings(
             uid: command.uid ?? getuid(), gid: command.gid ?? getgid(),
             metadataTTL: command.metadataTTL, negativeTTL: command.negativeTTL,
@@ -95,10 +103,32 @@ struct MountPlan {
         settings.allowOverwrite = command.allowOverwrite
         settings.allowDelete = command.allowDelete
         settings.directReads = !command.pageCache
-        fileSystem = FileSystem(namespace: namespace, registry: registry, cache: cache, overlay: overlay, settings: settings)
+        self.settings = settings
         let fsname = command.remote.map { $0 == "," || $0 == " " ? "_" : $0 }
         fuseOptions = (command.readOnly ? ["ro"] : []) + ["default_permissions", "fsname=\(String(fsname))", "subtype=ckptfs"]
             + (command.allowOther ? ["allow_other"] : [])
+    }
+
+    /// Opens the block cache and the staging directory (recovering what an earlier daemon left there, and
+    /// starting the uploads); each stays locked against other mounts until this process ends. The daemon's
+    /// step, before it mounts.
+    func openFileSystem() throws(CLIError) -> FileSystem {
+        let cache: BlockCache
+        do throws(CacheError) {
+            cache = try BlockCache(directory: cacheDirectory, capacity: cacheSize)
+        } catch {
+            throw CLIError(error.description)
+        }
+        let writable: Overlay?
+        do throws(OverlayError) {
+            writable = try overlay.map { (configuration) throws(OverlayError) in try Overlay(store: store, configuration: configuration) }
+        } catch {
+            throw CLIError(error.description)
+        }
+        let namespace = Namespace(
+            store: store, configuration: .init(rootPrefix: rootPrefix, metadataTTL: metadataTTL), overlay: writable)
+        let registry = ObjectRegistry(store: store, cache: cache, fetchThreads: fetchThreads, blockSize: blockSize)
+        return FileSystem(namespace: namespace, registry: registry, cache: cache, overlay: writable, settings: settings)
     }
 
     /// Starts `ckptfs mount … --foreground` as a detached daemon logging to `logFile`, and waits until it
@@ -114,11 +144,12 @@ struct MountPlan {
             throw CLIError("log file \(logFile): \(String(cString: strerror(errno)))")
         }
         let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        var childArguments = [Subprocess.currentExecutable()] + arguments.dropFirst()
-        childArguments += ["--foreground", "--ready-fd", "3"]
+        // The daemon's options go right after the subcommand: after a `--` they would be positional.
+        var daemonOptions = ["--foreground", "--ready-fd", "3"]
         if !arguments.contains(where: { $0 == "--log-file" || $0.hasPrefix("--log-file=") }) {
-            childArguments += ["--log-file", logFile]
+            daemonOptions += ["--log-file", logFile]
         }
+        let childArguments = [Subprocess.currentExecutable()] + arguments.dropFirst().prefix(1) + daemonOptions + arguments.dropFirst(2)
         let spawned: pid_t
         do throws(CLIError) {
             spawned = try Subprocess.spawn(childArguments, stdin: null, stdout: log, stderr: log, extra: pipeFDs[1], newSession: true)
@@ -128,17 +159,22 @@ struct MountPlan {
         }
         close(pipeFDs[1]); close(log); close(null)
         defer { close(pipeFDs[0]) }
-        let answer = Self.readLine(pipeFDs[0], timeoutMs: 60_000)
+        // The daemon may take long (recovering a staging directory) as long as it says it is busy.
+        var answer = Self.readLine(pipeFDs[0], timeoutMs: Self.readyTimeout * 1000)
+        while answer == "busy" { answer = Self.readLine(pipeFDs[0], timeoutMs: Self.readyTimeout * 1000) }
         if answer == "ready" { return }
         if let answer, answer.hasPrefix("error ") { throw CLIError(String(answer.dropFirst(6))) }
         if answer == nil {
             kill(spawned, SIGKILL)
             _ = Subprocess.wait(spawned)
-            throw CLIError("the daemon did not mount within 60 s; see \(logFile)")
+            throw CLIError("the daemon did not mount or report progress within \(Self.readyTimeout) s; see \(logFile)")
         }
         let status = Subprocess.wait(spawned)
         throw CLIError("the daemon exited (status \(status)) before mounting; see \(logFile)")
     }
+
+    /// Seconds the parent waits for the daemon's next line ("busy", "ready" or "error …").
+    static let readyTimeout: Int32 = 60
 
     /// Reads one line (without its newline) from `fd`; nil if nothing complete arrives in time.
     /// End of file returns what was read so far.
@@ -158,7 +194,7 @@ struct MountPlan {
     }
 
     private static func makeStore(
-        _ location: RemoteLocation, command: MountCommand, environment: [String: String]
+        _ location: RemoteLocation, command: MountCommand, caBundle: String?, environment: [String: String]
     ) throws(StoreError) -> any ObjectStore {
         switch location {
         case .local(let root):
@@ -168,7 +204,7 @@ struct MountPlan {
             let region = command.region ?? environment["AWS_REGION"] ?? environment["AWS_DEFAULT_REGION"] ?? "us-east-1"
             let configuration = S3Store.Configuration(
                 bucket: bucket, endpoint: endpoint, region: region,
-                credentials: try S3Credentials.fromEnvironment(environment), caBundle: command.caBundle)
+                credentials: try S3Credentials.fromEnvironment(environment), caBundle: caBundle)
             return try S3Store(configuration)
         }
     }

@@ -1,8 +1,10 @@
+import BlockCache
 import Glibc
 
 /// Starting and waiting for child processes with posix_spawn (no fork in a multithreaded Swift process).
 enum Subprocess {
-    /// Spawns `arguments[0]` (a path) with the given file descriptors as 0, 1, 2 and, if set, `extra` as fd 3.
+    /// Spawns `arguments[0]` (a path) with the given file descriptors as 0, 1, 2 and, if set, `extra` as fd 3;
+    /// it inherits no other descriptor (one left open on another mount would keep that mount busy).
     /// With `newSession`, the child leaves the terminal's session (a daemon).
     static func spawn(
         _ arguments: [String], stdin: Int32, stdout: Int32, stderr: Int32, extra: Int32? = nil, newSession: Bool = false
@@ -14,6 +16,12 @@ enum Subprocess {
         posix_spawn_file_actions_adddup2(&actions, stdout, 1)
         posix_spawn_file_actions_adddup2(&actions, stderr, 2)
         if let extra { posix_spawn_file_actions_adddup2(&actions, extra, 3) }
+        // Swift cannot call posix_spawn_file_actions_addclosefrom_np (a _GNU_SOURCE declaration): each open
+        // descriptor gets a close action instead (glibc ignores one that is closed by then).
+        let firstClosed: Int32 = extra == nil ? 3 : 4
+        for fd in PrivateDirectory.names(in: "/proc/self/fd").compactMap({ Int32($0) }) where fd >= firstClosed {
+            posix_spawn_file_actions_addclose(&actions, fd)
+        }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }

@@ -115,4 +115,28 @@ import TestSupport
         #expect(access(temp, F_OK) != 0)
         #expect(reopened.contains(key))
     }
+
+    @Test func aSecondCacheOnAnOpenDirectoryIsRefusedAndDeletesNothing() throws {
+        let scratch = ScratchDirectory()
+        let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        let key = BlockKey(object: object, index: 0)
+        try store(cache, key, pattern(100))
+        let temp = cache.path(for: key) + ".99.1.tmp"  // a block the open cache is writing
+        close(open(temp, O_CREAT | O_WRONLY, 0o600))
+        #expect(throws: CacheError.self) { try BlockCache(directory: scratch.path, capacity: 1 << 20) }
+        #expect(throws: CacheError.self) { try BlockCache.checkAvailable(directory: scratch.path) }
+        #expect(access(temp, F_OK) == 0)
+        cache.lock.release()  // as if its process had ended
+        try BlockCache.checkAvailable(directory: scratch.path)
+        #expect(try BlockCache(directory: scratch.path, capacity: 1 << 20).contains(key))
+    }
+
+    @Test func aRelativePrivateDirectoryIsCreatedBelowTheCurrentDirectory() throws {
+        let name = "ckptfs-relative-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { _ = system("rm -rf './\(name)' '/\(name)'") }
+        try PrivateDirectory.prepare(name + "/cache")
+        var info = stat()
+        #expect(stat("./\(name)/cache", &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR)
+        #expect(access("/\(name)", F_OK) != 0, "created below / instead")
+    }
 }

@@ -73,6 +73,7 @@ import TestSupport
         let registry = makeRegistry(store, cache)
         _ = try read(registry.acquire(try store.head(key: "obj")), 0, 200_000, prefetch: 200_000)
         registry.flush()
+        cache.lock.release()  // as if its process had ended: the next cache is a remount's
         let gets = store.gets.load(ordering: .relaxed)
         let again = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
         #expect(try read(again, 0, 200_000) == pattern(200_000))
@@ -108,6 +109,7 @@ import TestSupport
         _ = try read(first, 0, data.count, prefetch: Int64(data.count))
         registry.flush()
         corruptByte(of: cache.path(for: BlockKey(object: first.id, index: 2)), at: 100)
+        cache.lock.release()  // as if its process had ended: the next cache is a remount's
         let gets = store.gets.load(ordering: .relaxed)
         // A new cache over the same directory has verified nothing yet, like a remount.
         let warm = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))

@@ -62,6 +62,7 @@ extension EmptyStore {
         let configuration = Overlay.Configuration(directory: staging.path + "/remote", rootPrefix: "")
         do {
             let overlay = try Overlay(store: UnreachableStore(), configuration: configuration)
+            defer { overlay.stagingLock.release() }  // its process ends at the crash below
             let closed = try overlay.create("ckpt/closed.txt")
             write(closed, "closed bytes")
             try overlay.releaseWriter(closed)
@@ -152,6 +153,7 @@ extension EmptyStore {
         defer { withExtendedLifetime(staging) {} }
         do {
             let overlay = try Overlay(store: UnreachableStore(), configuration: configuration)
+            defer { overlay.stagingLock.release() }  // its process ends at the crash below
             let file = try overlay.create("ckpt/dup.txt")
             write(file, "closed bytes")
             let gate = DispatchSemaphore(value: 0)
@@ -184,6 +186,7 @@ extension EmptyStore {
             single.uploadThreads = 1
             let store = GatedStore()
             let overlay = try Overlay(store: store, configuration: single)
+            defer { overlay.stagingLock.release() }  // its process ends at the crash below
             let blocker = try overlay.create("ckpt/first.txt")
             write(blocker, "first")
             try overlay.releaseWriter(blocker)

@@ -1,8 +1,12 @@
 """Bad input makes `ckptfs mount` fail fast with one line, a non-zero exit and nothing mounted."""
 
+import os
+import signal
+
 import pytest
 
-from support import FAIL_TIMEOUT, expect_mount_error, free_port, mount_fstypes, one_line_error
+from support import (FAIL_TIMEOUT, expect_mount_error, free_port, is_mounted, mount_fstypes, one_line_error,
+                     pids_with_argument, run, wait_until_gone)
 
 
 @pytest.mark.parametrize("remote,keywords", [
@@ -50,3 +54,69 @@ def test_mountpoint_already_mounted(mounter, dataset):
     assert "already" in line.lower() or "not empty" in line.lower(), line
     assert len(mount_fstypes(live)) == 1, "a second mount was stacked on the first"
     assert sorted(p.name for p in live.iterdir()) == ["proj-a", "proj-b"]
+
+
+def test_a_cache_dir_in_use_by_another_mount_is_refused_and_left_alone(mounter, dataset):
+    first = mounter.mount(f"s3://{dataset.bucket}")
+    writing = first.cache_dir / "blocks" / "ab" / "ab01.0.123.1.tmp"  # a block the first daemon is writing
+    writing.parent.mkdir(exist_ok=True)
+    writing.write_bytes(b"x")
+    line = one_line_error(expect_mount_error(mounter, f"s3://{dataset.bucket}", ("in use by another ckptfs mount",),
+                                             cache_dir=first.cache_dir))
+    assert str(first.cache_dir) in line, line
+    assert writing.exists(), "the refused mount deleted the running mount's temporary block"
+    assert sorted(os.listdir(first.mountpoint)) == ["proj-a", "proj-b"]
+
+
+def test_a_staging_dir_in_use_by_another_mount_of_the_remote_is_refused_and_left_alone(mounter, dataset):
+    first = mounter.mount(f"s3://{dataset.bucket}")
+    staging = first.cache_dir / "staging"
+    (journal,) = staging.glob("*/journal")
+    inode = journal.stat().st_ino
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("in use by another ckptfs mount",),
+                       args=["--staging-dir", staging])
+    assert journal.stat().st_ino == inode, "the refused mount replaced the running mount's journal"
+
+
+@pytest.mark.parametrize("where", ["cache-dir", "staging-dir", "log-file", "cache-dir-through-a-link"])
+def test_a_path_inside_the_mountpoint_is_refused_and_nothing_is_created(mounter, dataset, tmp_path, where):
+    mnt = mounter.fresh_dir("mnt")
+    inside = mnt / "sub" / "x"
+    if where == "cache-dir-through-a-link":
+        (tmp_path / "link").symlink_to(mnt)
+        kw = {"cache_dir": tmp_path / "link" / "new" / ".." / "cache"}
+    elif where == "cache-dir":
+        kw = {"cache_dir": inside}
+    else:
+        kw = {"args": [f"--{where}", inside]}
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("inside the mountpoint",), mountpoint=mnt, **kw)
+    assert os.listdir(mnt) == [], "the refused mount left files in the mount point"
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--drain-timeout", "nan"), ("--drain-timeout", "inf"), ("--drain-timeout", "-5"), ("--metadata-ttl", "inf"),
+    ("--negative-ttl", "1e300"), ("--staging-size", "0"),
+])
+def test_invalid_duration_or_size(mounter, dataset, option, value):
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", (option,), args=[f"{option}={value}"])
+
+
+def test_unmount_refuses_an_invalid_timeout_and_leaves_the_mount_alone(mounter, dataset, ckptfs_bin):
+    mnt = mounter.mount(f"s3://{dataset.bucket}").mountpoint
+    for option, value in [("--drain-timeout", "nan"), ("--drain-timeout", "inf"), ("--timeout", "-5")]:
+        result = run([ckptfs_bin, "unmount", mnt, f"{option}={value}"], env=mounter.env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("ckptfs: error: "), result
+        assert option in lines[0], lines[0]
+        assert is_mounted(mnt)
+
+
+def test_a_stale_mountpoint_gets_the_fusermount_hint(mounter, dataset):
+    first = mounter.mount(f"s3://{dataset.bucket}", args=["--read-only"])
+    pids = pids_with_argument(str(first.mountpoint))
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_until_gone(pids, timeout=10) == []
+    attempt = mounter.attempt(f"s3://{dataset.bucket}", mountpoint=first.mountpoint, timeout=FAIL_TIMEOUT)
+    line = one_line_error(attempt)
+    assert f"fusermount3 -uz {first.mountpoint}" in line, line
