@@ -21,11 +21,10 @@ public struct ListingBuilder {
 
     /// Adds one object found under `base` (flat or delimiter listing).
     public mutating func add(object: ObjectInfo) {
-        guard object.key.hasPrefix(base) else { return }
-        let relative = object.key.dropFirst(base.count)
+        guard let relative = NameRules.suffix(of: object.key, after: base) else { return }
         if relative.isEmpty { return }  // the directory's own marker object
-        var segments = relative.split(separator: "/", omittingEmptySubsequences: false)
-        let isMarker = relative.hasSuffix("/")
+        var segments = NameRules.segments(relative)
+        let isMarker = relative.utf8.last == UInt8(ascii: "/")
         if isMarker { segments.removeLast() }
         guard segments.allSatisfy(NameRules.isValid) else {
             warn("skipping key '\(object.key)': not a valid path (empty, '.', '..' or over-long segment)")
@@ -48,8 +47,10 @@ public struct ListingBuilder {
 
     /// Adds one common prefix of a delimiter listing.
     public mutating func add(commonPrefix: String) {
-        guard commonPrefix.hasPrefix(base), commonPrefix.hasSuffix("/") else { return }
-        let name = commonPrefix.dropFirst(base.count).dropLast()
+        guard let relative = NameRules.suffix(of: commonPrefix, after: base), relative.utf8.last == UInt8(ascii: "/") else {
+            return
+        }
+        let name = relative.dropLast()
         guard NameRules.isValid(name) else {
             warn("skipping prefix '\(commonPrefix)': not a valid directory name")
             return

@@ -175,10 +175,11 @@ public final class Namespace: Sendable {
         return merge(remote, changes).sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
     }
 
-    /// The store's entries with the overlay's changes applied, unordered.
+    /// The store's entries with the overlay's changes applied, unordered. A change whose name no file can
+    /// have (one holding `/`) is left out: the kernel refuses a whole READDIR reply for one such entry.
     private func merge(_ remote: [DirEntry], _ changes: [String: OverlayChange]) -> [DirEntry] {
         var merged = remote.filter { changes[$0.name] == nil }
-        for (name, change) in changes {
+        for (name, change) in changes where NameRules.isValid(name) {
             if case .present(let kind) = change { merged.append(DirEntry(name: name, kind: kind)) }
         }
         return merged
@@ -206,7 +207,7 @@ public final class Namespace: Sendable {
     /// After a directory rename from `old` to `new` (both ending in `/`): every inode below `old` (the kernel
     /// keeps them across a rename) now names the same entry below `new`.
     public func rekey(from old: String, to new: String) {
-        func moved(_ key: String) -> String? { key.hasPrefix(old) ? new + key.dropFirst(old.count) : nil }
+        func moved(_ key: String) -> String? { NameRules.suffix(of: key, after: old).map { new + $0 } }
         table.withLock { table in
             for (ino, inode) in table.inodes {
                 var kind = inode.kind
@@ -315,8 +316,8 @@ public final class Namespace: Sendable {
 
     /// Lists `prefix` from the store: flat for a project directory (filling its subtree), else by delimiter.
     private func fetch(_ prefix: String) throws(StoreError) -> [String: [String: EntryKind]] {
-        let relative = prefix.dropFirst(configuration.rootPrefix.count)
-        let isProject = relative.split(separator: "/", omittingEmptySubsequences: false).count == 2
+        let relative = NameRules.suffix(of: prefix, after: configuration.rootPrefix) ?? ""
+        let isProject = NameRules.segments(relative).count == 2
         if isProject {
             let page = try store.listAll(prefix: prefix, delimiter: nil, limit: Self.projectScanLimit)
             if page.nextToken == nil {

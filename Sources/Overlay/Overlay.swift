@@ -448,7 +448,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         monitor.lock()
         defer { monitor.unlock() }
         while true {
-            let open = (pending + running.values).filter { $0.keys.contains { $0.hasPrefix(prefix) } }
+            let open = (pending + running.values).filter { $0.keys.contains { $0.utf8.starts(with: prefix.utf8) } }
             if open.isEmpty { return [] }
             let permanent = open.filter { $0.attempts >= Self.attemptsBeforeReporting }
             if permanent.count == open.count { return permanent.flatMap(\.keys) }

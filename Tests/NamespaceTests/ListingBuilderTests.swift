@@ -56,6 +56,16 @@ import Testing
         #expect(builder.directories["proj/new/"]?["latest"] == .symlink(target: "checkpoint-4"))
     }
 
+    @Test func namesStartingWithACombiningMarkSplitAtTheSlashByte() {
+        // "/" and U+0301 after it are one Character: a Character-based split would not see the slash.
+        #expect(NameRules.split("a/\u{301}b") == ("a/", "\u{301}b"))
+        #expect(NameRules.split("\u{301}b") == ("", "\u{301}b"))
+        let (builder, warnings) = build(["a/\u{301}b", "a/\u{301}d/c"], base: "a/")
+        #expect(builder.directories["a/"]?.keys.sorted() == ["\u{301}b", "\u{301}d"])
+        #expect(builder.directories["a/\u{301}d/"]?.keys.sorted() == ["c"])
+        #expect(warnings.isEmpty)
+    }
+
     @Test func nameRules() {
         #expect(NameRules.isValid("model.safetensors"))
         #expect(!NameRules.isValid(""))

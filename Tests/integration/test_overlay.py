@@ -269,3 +269,16 @@ def test_unmount_with_the_server_down_leaves_uploads_staged_for_the_next_mount(o
     assert bucket_hashes(outage.client, "outage") == {"kept.bin": sha(data)}
     status = run([ckptfs_bin, "status", second.mountpoint, "--json"], env=moto_env)
     assert '"queued": 0' in status.stdout and '"cache_capacity":' in status.stdout, status.stdout
+
+
+def test_a_name_starting_with_a_combining_mark_stays_in_its_directory(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    name = "\u0301b"  # "/" and U+0301 after it are one grapheme
+    (mnt / "a").mkdir()
+    (mnt / "a" / name).write_bytes(b"mark")
+    assert os.listdir(mnt) == ["a"]
+    assert os.listdir(mnt / "a") == [name]
+    assert (mnt / "a" / name).read_bytes() == b"mark"
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {f"a/{name}": sha(b"mark")}
+    assert os.listdir(mnt) == ["a"]
