@@ -114,7 +114,7 @@ extension FileSystem {
 
     func create(_ req: fuse_req_t?, _ parent: UInt64, _ name: String, _ fi: UnsafeMutablePointer<fuse_file_info>) {
         do throws(FileError) {
-            let key = try keyOf(parent, name)
+            let key = try newKey(parent, name)
             guard let overlay else { throw FileError(EROFS) }
             let flags = fi.pointee.flags
             let existing = try namespaceCall { () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }
@@ -266,7 +266,7 @@ extension FileSystem {
     func mkdir(_ req: fuse_req_t?, _ parent: UInt64, _ name: String) {
         do throws(FileError) {
             guard let overlay else { throw FileError(EROFS) }
-            let key = try keyOf(parent, name)
+            let key = try newKey(parent, name)
             if try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) != nil {
                 throw FileError(EEXIST)
             }
@@ -310,7 +310,7 @@ extension FileSystem {
             guard let overlay else { throw FileError(EROFS) }
             if flags & 2 != 0 { throw FileError(EINVAL) }  // RENAME_EXCHANGE
             let source = try keyOf(parent, name)
-            let destination = try keyOf(newParent, newName)
+            let destination = try newKey(newParent, newName)
             guard let kind = try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) else {
                 throw FileError(ENOENT)
             }
@@ -403,6 +403,15 @@ extension FileSystem {
 
     private func keyOf(_ parent: UInt64, _ name: String) throws(FileError) -> String {
         try namespaceCall { () throws(NamespaceError) in try namespace.prefix(of: parent) } + name
+    }
+
+    /// The key of a name being created (create, mkdir, rename's target), refusing one no file can have
+    /// with ext4's errno: `ENAMETOOLONG` over 255 bytes, `EEXIST` for `.` and `..` (they exist), `EINVAL`
+    /// for an empty name or one holding NUL or `/` (the kernel sends none of these three).
+    private func newKey(_ parent: UInt64, _ name: String) throws(FileError) -> String {
+        guard !NameRules.isValid(name) else { return try keyOf(parent, name) }
+        if name.utf8.count > NameRules.maxNameBytes { throw FileError(ENAMETOOLONG) }
+        throw FileError(name == "." || name == ".." ? EEXIST : EINVAL)
     }
 
     private func namespaceCall<T>(_ body: () throws(NamespaceError) -> T) throws(FileError) -> T {

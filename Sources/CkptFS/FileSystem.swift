@@ -132,6 +132,7 @@ public final class FileSystem: Sendable {
         case .notDirectory: return ENOTDIR
         case .isDirectory: return EISDIR
         case .notSymlink: return EINVAL
+        case .nameTooLong: return ENAMETOOLONG
         case .store(let error): return errno(error)
         }
     }

@@ -55,5 +55,7 @@ public enum NamespaceError: Error, Sendable, Equatable {
     case notDirectory
     case isDirectory
     case notSymlink
+    /// A name longer than `NameRules.maxNameBytes` (no file can have it).
+    case nameTooLong
     case store(StoreError)
 }

@@ -76,6 +76,7 @@ public final class Namespace: Sendable {
 
     /// Resolves `name` in directory `parent` and counts one kernel reference to the result.
     public func lookup(parent: UInt64, name: String) throws(NamespaceError) -> Attributes {
+        guard name.utf8.count <= NameRules.maxNameBytes else { throw .nameTooLong }
         let prefix = try directoryPrefix(parent)
         switch overlay?.change(in: prefix, name: name) {
         case .present(let kind): return register(parent: parent, entry: DirEntry(name: name, kind: kind))

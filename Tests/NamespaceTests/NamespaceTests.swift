@@ -32,6 +32,13 @@ import TestSupport
         #expect(throws: NamespaceError.notFound) { try namespace.attributes(project.ino) }
     }
 
+    @Test func lookupOfANameOver255BytesIsNameTooLong() throws {
+        let (tree, namespace) = makeTree()
+        defer { withExtendedLifetime(tree) {} }
+        #expect(throws: NamespaceError.nameTooLong) { try namespace.lookup(parent: Namespace.rootIno, name: String(repeating: "x", count: 256)) }
+        #expect(throws: NamespaceError.notFound) { try namespace.lookup(parent: Namespace.rootIno, name: String(repeating: "x", count: 255)) }
+    }
+
     @Test func filesAreNotDirectories() throws {
         let (tree, namespace) = makeTree()
         defer { withExtendedLifetime(tree) {} }

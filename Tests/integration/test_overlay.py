@@ -282,3 +282,24 @@ def test_a_name_starting_with_a_combining_mark_stays_in_its_directory(mounter, m
     sync(ckptfs_bin, moto_env, mnt)
     assert bucket_hashes(moto_client, bucket) == {f"a/{name}": sha(b"mark")}
     assert os.listdir(mnt) == ["a"]
+
+
+LONG = "x" * 256
+TOO_LONG = {
+    "create": lambda m: open(m / LONG, "wb"),
+    "mkdir": lambda m: os.mkdir(m / LONG),
+    "rename": lambda m: os.rename(m / "short.txt", m / LONG),
+    "stat": lambda m: os.stat(m / LONG),
+}
+
+
+@pytest.mark.parametrize("operation", TOO_LONG)
+def test_names_over_255_bytes_get_enametoolong(mounter, bucket, operation):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    (mnt / "short.txt").write_bytes(b"s")
+    with pytest.raises(OSError) as raised:
+        TOO_LONG[operation](mnt)
+    assert raised.value.errno == errno.ENAMETOOLONG
+    assert sorted(os.listdir(mnt)) == ["short.txt"]
+    (mnt / ("y" * 255)).write_bytes(b"255 bytes is fine")
+    assert sorted(os.listdir(mnt)) == ["short.txt", "y" * 255]
