@@ -122,6 +122,7 @@ public final class FileSystem: Sendable {
             st.st_mode = Glibc.S_IFLNK | 0o777
             st.st_nlink = 1
         }
+        if attributes.detached { st.st_nlink = 0 }
         return st
     }
 

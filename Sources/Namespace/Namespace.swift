@@ -30,6 +30,11 @@ public final class Namespace: Sendable {
         let name: String
         var kind: EntryKind
         var lookups: UInt64
+        /// Its name was unlinked, removed or renamed over while the kernel held it (an open file can still
+        /// use it): it keeps what it was until forgotten, and the name gets a new inode.
+        var detached = false
+        /// Where a detached staged file's size and mtime come from (its key may name another file now).
+        var content: (any FileContent)?
     }
 
     struct Listing {
@@ -123,7 +128,33 @@ public final class Namespace: Sendable {
     }
 
     public func attributes(_ ino: UInt64) throws(NamespaceError) -> Attributes {
-        attributes(ino, try kind(of: ino))
+        let (kind, detached, content) = try resolve(ino)
+        guard detached else { return attributes(ino, kind) }
+        var result = if case .staged = kind {
+            Attributes(ino: ino, kind: kind, size: content?.size ?? 0, modified: content?.modified ?? 0)
+        } else {
+            attributes(ino, kind)
+        }
+        result.detached = true
+        return result
+    }
+
+    /// After `name` in `parent` was unlinked, removed or renamed over: the name no longer leads to its
+    /// inode, so a file created under it gets a new inode number (as on ext4; the kernel may still hold the
+    /// old node id, and would take the new file for the old). Until the kernel forgets it, the old inode
+    /// reports `kind`, what the name was, and a staged file the size and mtime of its `content`.
+    public func detach(parent: UInt64, name: String, as kind: EntryKind, content: (any FileContent)? = nil) {
+        table.withLock { table in
+            guard let ino = table.byName.removeValue(forKey: ParentName(parent: parent, name: name)) else { return }
+            table.inodes[ino]?.kind = kind
+            table.inodes[ino]?.detached = true
+            table.inodes[ino]?.content = content
+        }
+    }
+
+    /// The content a detached staged file `ino` keeps (nil for any other inode).
+    public func detachedContent(of ino: UInt64) -> (any FileContent)? {
+        table.withLock { $0.inodes[ino]?.content }
     }
 
     /// The merged entries of directory `ino` in READDIR order (without `.` and `..`).
@@ -153,14 +184,22 @@ public final class Namespace: Sendable {
 
     /// The kind of inode `ino`, following a staged file that has been uploaded meanwhile.
     public func kind(of ino: UInt64) throws(NamespaceError) -> EntryKind {
-        guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
-        guard case .staged(let key) = kind, overlay?.stagedAttributes(key: key) == nil else { return kind }
+        try resolve(ino).kind
+    }
+
+    /// What inode `ino` is: its kind, following a staged file that has been uploaded meanwhile (not for a
+    /// detached inode: its key may name another file now), and for a detached one its content.
+    private func resolve(_ ino: UInt64) throws(NamespaceError) -> (kind: EntryKind, detached: Bool, content: (any FileContent)?) {
+        guard let inode = table.withLock({ table in table.inodes[ino].map { ($0.kind, $0.detached, $0.content) } }) else {
+            throw .notFound
+        }
+        guard case .staged(let key) = inode.0, !inode.1, overlay?.stagedAttributes(key: key) == nil else { return inode }
         let (parent, name) = NameRules.split(key)
         guard case .present(let current) = overlay?.change(in: parent, name: name) else {
             throw .notFound
         }
         table.withLock { $0.inodes[ino]?.kind = current }
-        return current
+        return (current, false, nil)
     }
 
     /// What the store (ignoring the overlay) lists as `name` in directory `prefix`.
@@ -210,7 +249,7 @@ public final class Namespace: Sendable {
     public func rekey(from old: String, to new: String) {
         func moved(_ key: String) -> String? { NameRules.suffix(of: key, after: old).map { new + $0 } }
         table.withLock { table in
-            for (ino, inode) in table.inodes {
+            for (ino, inode) in table.inodes where !inode.detached {
                 var kind = inode.kind
                 switch inode.kind {
                 case .directory(let prefix):
@@ -263,9 +302,14 @@ public final class Namespace: Sendable {
 
     // MARK: Listings
 
+    /// A removed directory has none: nothing can be created or found in it (the kernel sends no READDIR
+    /// for it either, as for any removed directory).
     private func directoryPrefix(_ ino: UInt64) throws(NamespaceError) -> String {
-        guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
+        guard let (kind, detached) = table.withLock({ table in table.inodes[ino].map { ($0.kind, $0.detached) } }) else {
+            throw .notFound
+        }
         guard case .directory(let prefix) = kind else { throw .notDirectory }
+        if detached { throw .notFound }
         return prefix
     }
 

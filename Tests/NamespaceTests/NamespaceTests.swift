@@ -39,6 +39,22 @@ import TestSupport
         #expect(throws: NamespaceError.notFound) { try namespace.lookup(parent: Namespace.rootIno, name: String(repeating: "x", count: 255)) }
     }
 
+    @Test func aDetachedNameGetsANewInodeAndTheOldOneKeepsWhatItWas() throws {
+        let (tree, namespace) = makeTree()
+        defer { withExtendedLifetime(tree) {} }
+        let project = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
+        namespace.detach(parent: Namespace.rootIno, name: "proj", as: project.kind)
+        let again = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
+        #expect(again.ino != project.ino)
+        #expect(try namespace.attributes(project.ino).detached)
+        #expect(try !namespace.attributes(again.ino).detached)
+        // A removed directory has nothing in it.
+        #expect(throws: NamespaceError.notFound) { try namespace.lookup(parent: project.ino, name: "job") }
+        namespace.forget(project.ino, count: 1)
+        #expect(throws: NamespaceError.notFound) { try namespace.attributes(project.ino) }
+        #expect(try namespace.lookup(parent: Namespace.rootIno, name: "proj").ino == again.ino)
+    }
+
     @Test func filesAreNotDirectories() throws {
         let (tree, namespace) = makeTree()
         defer { withExtendedLifetime(tree) {} }
