@@ -336,7 +336,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         monitor.withLock { insertLocked(String(prefix.dropLast()), .present(.directory(prefix: prefix))) }
     }
 
-    /// Removes a directory; `existsRemotely` says whether the store lists it (it must then be hidden).
+    /// Removes a directory; `existsRemotely` says whether the store lists it (it must then be hidden). The
+    /// `.removed` marks of its deleted children stay: a listing of it may still show them (cached, or
+    /// before their deletes have run), and a directory made again under the name must not.
     public func rmdir(_ prefix: String, existsRemotely: Bool) {
         monitor.withLock {
             let (parent, name) = NameRules.split(String(prefix.dropLast()))
@@ -345,7 +347,6 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             } else {
                 tree[parent]?.removeValue(forKey: name)
             }
-            tree.removeValue(forKey: prefix)
         }
     }
 

@@ -303,3 +303,21 @@ def test_names_over_255_bytes_get_enametoolong(mounter, bucket, operation):
     assert sorted(os.listdir(mnt)) == ["short.txt"]
     (mnt / ("y" * 255)).write_bytes(b"255 bytes is fine")
     assert sorted(os.listdir(mnt)) == ["short.txt", "y" * 255]
+
+
+def test_a_directory_made_again_after_rmdir_does_not_bring_back_deleted_files(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    moto_client.put_object(Bucket=bucket, Key="old/f", Body=b"deleted")
+    mnt = mounter.mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint
+    (mnt / "new").mkdir()
+    (mnt / "new" / "f").write_bytes(b"uploaded, then deleted")
+    sync(ckptfs_bin, moto_env, mnt)
+    for directory in ("old", "new"):
+        assert os.listdir(mnt / directory) == ["f"]  # the listing is cached with f in it
+        os.unlink(mnt / directory / "f")
+        os.rmdir(mnt / directory)
+        os.mkdir(mnt / directory)
+        assert os.listdir(mnt / directory) == [], directory
+        with pytest.raises(FileNotFoundError):
+            open(mnt / directory / "f", "rb")
+    sync(ckptfs_bin, moto_env, mnt)
+    assert list_keys(moto_client, bucket) == set()
