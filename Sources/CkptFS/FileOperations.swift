@@ -391,7 +391,8 @@ extension FileSystem {
         let content = content(of: kind)
         switch kind {
         case .directory: throw FileError(EISDIR)
-        case .symlink: throw FileError(EACCES)
+        case .symlink:
+            try namespaceCall { () throws(NamespaceError) in try namespace.unlinkReference(parent: parent, name: name) }
         case .file(let info):
             _ = try writableOverlay(for: info.key, protectedBy: settings.allowDelete)
             try overlayCall { () throws(OverlayError) in try overlay.unlink(key, existsRemotely: true) }

@@ -42,6 +42,17 @@ public final class Namespace: Sendable {
         let byName: [String: Int]
         let order: DirectoryOrder
         let fetchedAt: Double
+
+        /// The listing of `sorted`, entries ordered by their names' bytes.
+        init(_ sorted: [DirEntry], fetchedAt: Double) {
+            var byName: [String: Int] = [:]
+            byName.reserveCapacity(sorted.count)
+            for (position, entry) in sorted.enumerated() { byName[entry.name] = position }
+            self.entries = sorted
+            self.byName = byName
+            self.order = DirectoryOrder(sorted)
+            self.fetchedAt = fetchedAt
+        }
     }
 
     struct Table {
@@ -64,6 +75,8 @@ public final class Namespace: Sendable {
     private let listingWaiters = Atomic<Int>(0)
     /// Threads waiting for another's listing fetch (observability for tests).
     var listingWaiterCount: Int { listingWaiters.load(ordering: .relaxed) }
+    /// Checkpoint references unlinked through the mount: directory prefix → name → the target it had.
+    private let unlinkedReferences = Mutex<[String: [String: String]]>([:])
     private let warned = Mutex<Set<String>>([])
     private let logger = Logger(label: "ckptfs.namespace")
 
@@ -274,6 +287,24 @@ public final class Namespace: Sendable {
         }
     }
 
+    /// Unlinks the checkpoint reference (synthetic link) `name` of directory `parent`, so `rm -rf` and
+    /// `shutil.rmtree` can empty a job: it stays hidden while it would point where it did, and comes back
+    /// when a listing moves it to another checkpoint.
+    public func unlinkReference(parent: UInt64, name: String) throws(NamespaceError) {
+        let prefix = try directoryPrefix(parent)
+        let listing = try listing(prefix)
+        guard let position = listing.byName[name], case .symlink(let target) = listing.entries[position].kind else {
+            throw .notFound
+        }
+        unlinkedReferences.withLock { $0[prefix, default: [:]][name] = target }
+        var entries = listing.entries
+        entries.remove(at: position)
+        let without = Listing(entries, fetchedAt: listing.fetchedAt)
+        listings.withLock { listings in
+            if listings[prefix]?.fetchedAt == listing.fetchedAt { listings[prefix] = without }
+        }
+    }
+
     /// Forgets the cached listing of `prefix`, so the next look at it asks the store.
     public func invalidate(prefix: String) {
         _ = listings.withLock { $0.removeValue(forKey: prefix) }
@@ -347,16 +378,17 @@ public final class Namespace: Sendable {
         let fetchedAt = Self.monotonicSeconds()
         var made: [String: Listing] = [:]
         made.reserveCapacity(built.count)
+        let unlinked = unlinkedReferences.withLock { $0 }
         for (directory, entries) in built {
-            let sorted = entries.map { DirEntry(name: $0.key, kind: $0.value) }
-                .sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
-            var byName: [String: Int] = [:]
-            byName.reserveCapacity(sorted.count)
-            for (position, entry) in sorted.enumerated() { byName[entry.name] = position }
-            made[directory] = Listing(entries: sorted, byName: byName, order: DirectoryOrder(sorted), fetchedAt: fetchedAt)
+            let hidden = unlinked[directory] ?? [:]
+            let sorted = entries.compactMap { name, kind -> DirEntry? in
+                if case .symlink(let target) = kind, hidden[name] == target { return nil }
+                return DirEntry(name: name, kind: kind)
+            }.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+            made[directory] = Listing(sorted, fetchedAt: fetchedAt)
         }
         listings.withLock { listings in listings.merge(made) { _, new in new } }
-        return made[prefix] ?? Listing(entries: [], byName: [:], order: DirectoryOrder([]), fetchedAt: fetchedAt)
+        return made[prefix] ?? Listing([], fetchedAt: fetchedAt)
     }
 
     /// Lists `prefix` from the store: flat for a project directory (filling its subtree), else by delimiter.

@@ -55,6 +55,17 @@ import TestSupport
         #expect(try namespace.lookup(parent: Namespace.rootIno, name: "proj").ino == again.ino)
     }
 
+    @Test func anUnlinkedReferenceIsHiddenWhileItPointsWhereItDid() throws {
+        let (tree, namespace) = makeTree()
+        defer { withExtendedLifetime(tree) {} }
+        let project = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
+        let job = try namespace.lookup(parent: project.ino, name: "job")
+        try namespace.unlinkReference(parent: job.ino, name: "latest")
+        #expect(try namespace.readdirOrder(job.ino).entries.map(\.name) == ["checkpoint-1"])
+        #expect(throws: NamespaceError.notFound) { try namespace.lookup(parent: job.ino, name: "latest") }
+        #expect(throws: NamespaceError.notFound) { try namespace.unlinkReference(parent: job.ino, name: "checkpoint-1") }
+    }
+
     @Test func filesAreNotDirectories() throws {
         let (tree, namespace) = makeTree()
         defer { withExtendedLifetime(tree) {} }

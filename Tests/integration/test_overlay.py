@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import signal
+import time
 import uuid
 import zipfile
 
@@ -321,3 +322,31 @@ def test_a_directory_made_again_after_rmdir_does_not_bring_back_deleted_files(mo
             open(mnt / directory / "f", "rb")
     sync(ckptfs_bin, moto_env, mnt)
     assert list_keys(moto_client, bucket) == set()
+
+
+def test_rmtree_and_rm_rf_remove_jobs_with_their_latest_links(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    for job in ("a", "b"):
+        for step in (1, 2):
+            moto_client.put_object(Bucket=bucket, Key=f"proj/{job}/checkpoint-{step}/w.bin", Body=b"w")
+    mnt = mounter.mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint
+    assert os.readlink(mnt / "proj/a/latest") == "checkpoint-2"
+    shutil.rmtree(mnt / "proj/a")  # unlinking `latest` was EACCES
+    result = run(["rm", "-rf", mnt / "proj/b"])
+    assert result.returncode == 0, result.stderr
+    os.unlink(mnt / "proj/latest")
+    assert os.listdir(mnt / "proj") == []
+    sync(ckptfs_bin, moto_env, mnt)
+    assert list_keys(moto_client, bucket) == set()
+
+
+def test_an_unlinked_latest_comes_back_when_a_newer_checkpoint_moves_it(mounter, moto_client, bucket):
+    moto_client.put_object(Bucket=bucket, Key="proj/job/checkpoint-1/w.bin", Body=b"w")
+    mnt = mounter.mount(f"s3://{bucket}", args=["--metadata-ttl", "1", "--negative-ttl", "0"]).mountpoint
+    job = mnt / "proj/job"
+    os.unlink(job / "latest")
+    assert os.listdir(job) == ["checkpoint-1"]
+    time.sleep(1.5)
+    assert not os.path.lexists(job / "latest")  # a fresh listing with the same link keeps it hidden
+    moto_client.put_object(Bucket=bucket, Key="proj/job/checkpoint-2/w.bin", Body=b"w")
+    time.sleep(1.5)
+    assert os.readlink(job / "latest") == "checkpoint-2"
