@@ -58,7 +58,21 @@ public final class Namespace: Sendable {
     struct Table {
         var inodes: [UInt64: Inode] = [:]
         var byName: [ParentName: UInt64] = [:]
-        var nextIno: UInt64 = 2
+
+        /// The inode number of `key`, or the one its next lookup gives it. A new name's number comes from a
+        /// hash of the parent and the name's bytes, so READDIR reports the number a later lookup returns
+        /// without registering anything: the first free number from the hash on (the number is taken
+        /// while another name with the same hash, or a detached inode of this name, holds it). Numbers lie
+        /// in 2^62..<2^63: never 0, the root's, or the kernel's "unknown" (all ones).
+        func number(of key: ParentName) -> UInt64 {
+            if let ino = byName[key] { return ino }
+            var hasher = Hasher()
+            hasher.combine(key.parent)
+            key.name.utf8.withContiguousStorageIfAvailable { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+            var ino = UInt64(bitPattern: Int64(hasher.finalize())) >> 2 | 1 << 62
+            while inodes[ino] != nil { ino = ino + 1 == 1 << 63 ? 1 << 62 : ino + 1 }
+            return ino
+        }
     }
 
     struct ParentName: Hashable {
@@ -116,12 +130,17 @@ public final class Namespace: Sendable {
                 table.inodes[ino] = inode
                 return attributes(ino, entry.kind)
             }
-            let ino = table.nextIno
-            table.nextIno += 1
+            let ino = table.number(of: key)
             table.inodes[ino] = Inode(parent: parent, name: entry.name, kind: entry.kind, lookups: 1)
             table.byName[key] = ino
             return attributes(ino, entry.kind)
         }
+    }
+
+    /// The inode number of `name` in `parent` (READDIR's `d_ino`): its inode's, or the one a lookup would
+    /// give it. Counts no reference.
+    public func inodeNumber(parent: UInt64, name: String) -> UInt64 {
+        table.withLock { $0.number(of: ParentName(parent: parent, name: name)) }
     }
 
     /// Drops `count` kernel references; an inode nobody references is forgotten.

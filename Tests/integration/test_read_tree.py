@@ -68,6 +68,17 @@ def test_directory_with_more_keys_than_one_listing_page(dataset_mount):
     assert sorted(os.listdir(dataset_mount / BIG_DIR)) == [f"shard-{i:05d}.txt" for i in range(BIG_DIR_COUNT)]
 
 
+def test_readdir_inode_numbers_are_the_ones_stat_reports(mounter, dataset):
+    # A fresh mount: the kernel sends READDIRPLUS for the first chunk only, plain READDIR after it.
+    big = mounter.mount(f"s3://{dataset.bucket}", args=["--read-only"]).mountpoint / BIG_DIR
+    entries = list(os.scandir(big))
+    assert len(entries) == BIG_DIR_COUNT
+    assert [e.name for e in entries if e.inode() != e.stat(follow_symlinks=False).st_ino] == []
+    last = sorted(entries, key=lambda e: e.name)[-1]
+    result = run(["find", big, "-inum", str(last.inode()), "-printf", "%f\\n"])
+    assert result.stdout.split() == [last.name], result.stderr
+
+
 @pytest.mark.parametrize("skip,count", [(0, 1), (1, 3), (2047, 2), (2048, 1), (5000, 300),
                                         (BIG_SIZE // 4096 - 1, 5)])
 def test_dd_at_offsets_returns_the_same_slice(dataset_mount, dataset, skip, count):
