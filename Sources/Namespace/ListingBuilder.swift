@@ -76,34 +76,50 @@ public struct ListingBuilder {
 
     /// Adds `latest -> checkpoint-<largest N>` to every directory holding checkpoint directories and no
     /// real `latest`; with `projects`, adds `latest -> <job>/checkpoint-N` to those project directories,
-    /// pointing at the checkpoint holding the most recently modified object (ties: the larger N).
+    /// pointing at the checkpoint holding the most recently modified object (ties: the larger N). Remaining
+    /// ties go to the larger name bytes (`checkpoint-7` over `checkpoint-007`, `b/checkpoint-3` over
+    /// `a/checkpoint-3`), never to dictionary order.
     public mutating func addReferences(projects: Set<String> = []) {
-        var jobLatest: [String: (name: String, number: Int)] = [:]
+        var jobLatest: [String: Candidate] = [:]
         for (prefix, entries) in directories {
-            var best: (name: String, number: Int)?
+            var best: Candidate?
             for (name, kind) in entries {
                 guard case .directory = kind, let number = NameRules.checkpointNumber(name) else { continue }
-                if best == nil || number > best!.number { best = (name, number) }
+                Candidate(target: name, time: 0, number: number).replaces(&best)
             }
             if let best { jobLatest[prefix] = best }
         }
         for (prefix, best) in jobLatest where directories[prefix]?["latest"] == nil {
-            directories[prefix]?["latest"] = .symlink(target: best.name)
+            directories[prefix]?["latest"] = .symlink(target: best.target)
         }
         for project in projects where directories[project]?["latest"] == nil {
-            var best: (target: String, time: Int64, number: Int)?
+            var best: Candidate?
             for (jobName, kind) in directories[project] ?? [:] {
                 guard case .directory(let jobPrefix) = kind else { continue }
                 for (name, child) in directories[jobPrefix] ?? [:] {
                     guard case .directory(let checkpointPrefix) = child, let number = NameRules.checkpointNumber(name),
                         let time = newest[checkpointPrefix]
                     else { continue }
-                    if best == nil || time > best!.time || (time == best!.time && number > best!.number) {
-                        best = ("\(jobName)/\(name)", time, number)
-                    }
+                    Candidate(target: "\(jobName)/\(name)", time: time, number: number).replaces(&best)
                 }
             }
             if let best { directories[project]?["latest"] = .symlink(target: best.target) }
+        }
+    }
+
+    /// A checkpoint `latest` may point at.
+    private struct Candidate {
+        let target: String
+        let time: Int64
+        let number: Int
+
+        /// Becomes `best` if it is newer (`time`), else has the larger N, else the larger target bytes.
+        func replaces(_ best: inout Candidate?) {
+            if let best, (time, number) < (best.time, best.number) { return }
+            if let best, (time, number) == (best.time, best.number), !best.target.utf8.lexicographicallyPrecedes(target.utf8) {
+                return
+            }
+            best = self
         }
     }
 }

@@ -41,6 +41,15 @@ import Testing
         #expect(builder.directories["j/"]?["latest"] == .symlink(target: "checkpoint-10"))
     }
 
+    @Test func tiesForLatestGoToTheLargerNameBytes() {
+        for _ in 0..<20 {  // dictionary order differs between builders
+            let (job, _) = build(["j/checkpoint-007/a", "j/checkpoint-7/a"])
+            #expect(job.directories["j/"]?["latest"] == .symlink(target: "checkpoint-7"))
+            let (project, _) = build(["p/a/checkpoint-3/x", "p/b/checkpoint-3/x"], base: "p/", projects: ["p/"])
+            #expect(project.directories["p/"]?["latest"] == .symlink(target: "b/checkpoint-3"))
+        }
+    }
+
     @Test func realLatestWins() {
         let (builder, _) = build(["j/checkpoint-1/a", "j/latest"])
         #expect(builder.directories["j/"]?["latest"] == .file(object("j/latest")))
