@@ -39,19 +39,24 @@ public final class Namespace: Sendable {
 
     struct Listing {
         let entries: [DirEntry]
-        let byName: [String: Int]
+        let byName: [ExactString: Int]
         let order: DirectoryOrder
         let fetchedAt: Double
 
         /// The listing of `sorted`, entries ordered by their names' bytes.
         init(_ sorted: [DirEntry], fetchedAt: Double) {
-            var byName: [String: Int] = [:]
+            var byName: [ExactString: Int] = [:]
             byName.reserveCapacity(sorted.count)
-            for (position, entry) in sorted.enumerated() { byName[entry.name] = position }
+            for (position, entry) in sorted.enumerated() { byName[ExactString(entry.name)] = position }
             self.entries = sorted
             self.byName = byName
             self.order = DirectoryOrder(sorted)
             self.fetchedAt = fetchedAt
+        }
+
+        /// The entry named exactly `name` (byte for byte).
+        func entry(_ name: String) -> DirEntry? {
+            byName[ExactString(name)].map { entries[$0] }
         }
     }
 
@@ -67,30 +72,39 @@ public final class Namespace: Sendable {
         func number(of key: ParentName) -> UInt64 {
             if let ino = byName[key] { return ino }
             var hasher = Hasher()
-            hasher.combine(key.parent)
-            key.name.utf8.withContiguousStorageIfAvailable { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+            hasher.combine(key)
             var ino = UInt64(bitPattern: Int64(hasher.finalize())) >> 2 | 1 << 62
             while inodes[ino] != nil { ino = ino + 1 == 1 << 63 ? 1 << 62 : ino + 1 }
             return ino
         }
     }
 
+    /// A name in a directory, compared and hashed by its bytes (see `ExactString`).
     struct ParentName: Hashable {
         let parent: UInt64
         let name: String
+
+        static func == (a: ParentName, b: ParentName) -> Bool {
+            a.parent == b.parent && ExactString(a.name) == ExactString(b.name)
+        }
+
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(parent)
+            hasher.combine(ExactString(name))
+        }
     }
 
     private let store: any ObjectStore
     private let overlay: (any NamespaceOverlay)?
     public let configuration: Configuration
     private let table: Mutex<Table>
-    private let listings = Mutex<[String: Listing]>([:])
-    private let flights = Mutex<[String: ListingFlight]>([:])
+    private let listings = Mutex<[ExactString: Listing]>([:])
+    private let flights = Mutex<[ExactString: ListingFlight]>([:])
     private let listingWaiters = Atomic<Int>(0)
     /// Threads waiting for another's listing fetch (observability for tests).
     var listingWaiterCount: Int { listingWaiters.load(ordering: .relaxed) }
     /// Checkpoint references unlinked through the mount: directory prefix → name → the target it had.
-    private let unlinkedReferences = Mutex<[String: [String: String]]>([:])
+    private let unlinkedReferences = Mutex<[ExactString: [ExactString: String]]>([:])
     private let warned = Mutex<Set<String>>([])
     private let logger = Logger(label: "ckptfs.namespace")
 
@@ -115,9 +129,8 @@ public final class Namespace: Sendable {
         case .removed: throw .notFound
         case nil: break
         }
-        let listing = try listing(prefix)
-        guard let position = listing.byName[name] else { throw .notFound }
-        return register(parent: parent, entry: listing.entries[position])
+        guard let entry = try listing(prefix).entry(name) else { throw .notFound }
+        return register(parent: parent, entry: entry)
     }
 
     /// Counts one kernel reference to an entry returned by `entries` (READDIRPLUS).
@@ -209,8 +222,7 @@ public final class Namespace: Sendable {
         case .present(let kind): return kind
         case .removed: return nil
         case nil:
-            let listing = try listing(prefix)
-            return listing.byName[name].map { listing.entries[$0].kind }
+            return try listing(prefix).entry(name)?.kind
         }
     }
 
@@ -236,8 +248,7 @@ public final class Namespace: Sendable {
 
     /// What the store (ignoring the overlay) lists as `name` in directory `prefix`.
     public func remoteKind(prefix: String, name: String) throws(NamespaceError) -> EntryKind? {
-        let listing = try listing(prefix)
-        return listing.byName[name].map { listing.entries[$0].kind }
+        try listing(prefix).entry(name)?.kind
     }
 
     /// The merged entries of the directory `prefix`.
@@ -312,21 +323,21 @@ public final class Namespace: Sendable {
     public func unlinkReference(parent: UInt64, name: String) throws(NamespaceError) {
         let prefix = try directoryPrefix(parent)
         let listing = try listing(prefix)
-        guard let position = listing.byName[name], case .symlink(let target) = listing.entries[position].kind else {
+        guard let position = listing.byName[ExactString(name)], case .symlink(let target) = listing.entries[position].kind else {
             throw .notFound
         }
-        unlinkedReferences.withLock { $0[prefix, default: [:]][name] = target }
+        unlinkedReferences.withLock { $0[ExactString(prefix), default: [:]][ExactString(name)] = target }
         var entries = listing.entries
         entries.remove(at: position)
         let without = Listing(entries, fetchedAt: listing.fetchedAt)
         listings.withLock { listings in
-            if listings[prefix]?.fetchedAt == listing.fetchedAt { listings[prefix] = without }
+            if listings[ExactString(prefix)]?.fetchedAt == listing.fetchedAt { listings[ExactString(prefix)] = without }
         }
     }
 
     /// Forgets the cached listing of `prefix`, so the next look at it asks the store.
     public func invalidate(prefix: String) {
-        _ = listings.withLock { $0.removeValue(forKey: prefix) }
+        _ = listings.withLock { $0.removeValue(forKey: ExactString(prefix)) }
     }
 
     /// The parent directory's inode (the root is its own parent).
@@ -365,13 +376,14 @@ public final class Namespace: Sendable {
 
     private func listing(_ prefix: String) throws(NamespaceError) -> Listing {
         let now = Self.monotonicSeconds()
-        if let cached = listings.withLock({ $0[prefix] }), now - cached.fetchedAt < configuration.metadataTTL {
+        let key = ExactString(prefix)
+        if let cached = listings.withLock({ $0[key] }), now - cached.fetchedAt < configuration.metadataTTL {
             return cached
         }
         let (flight, leads) = flights.withLock { flights -> (ListingFlight, Bool) in
-            if let flight = flights[prefix] { return (flight, false) }
+            if let flight = flights[key] { return (flight, false) }
             let flight = ListingFlight()
-            flights[prefix] = flight
+            flights[key] = flight
             return (flight, true)
         }
         guard leads else {
@@ -380,14 +392,14 @@ public final class Namespace: Sendable {
             return try flight.wait()
         }
         let result = Result { () throws(NamespaceError) in try fetchListings(prefix) }
-        flights.withLock { _ = $0.removeValue(forKey: prefix) }
+        flights.withLock { _ = $0.removeValue(forKey: key) }
         flight.finish(result)
         return try result.get()
     }
 
     /// Fetches `prefix` and stores the listings it yields (its subtree's too, for a project).
     private func fetchListings(_ prefix: String) throws(NamespaceError) -> Listing {
-        let built: [String: [String: EntryKind]]
+        let built: [ExactString: [ExactString: EntryKind]]
         do throws(StoreError) {
             built = try fetch(prefix)
         } catch {
@@ -395,23 +407,23 @@ public final class Namespace: Sendable {
             throw .store(error)
         }
         let fetchedAt = Self.monotonicSeconds()
-        var made: [String: Listing] = [:]
+        var made: [ExactString: Listing] = [:]
         made.reserveCapacity(built.count)
         let unlinked = unlinkedReferences.withLock { $0 }
         for (directory, entries) in built {
             let hidden = unlinked[directory] ?? [:]
             let sorted = entries.compactMap { name, kind -> DirEntry? in
                 if case .symlink(let target) = kind, hidden[name] == target { return nil }
-                return DirEntry(name: name, kind: kind)
+                return DirEntry(name: name.string, kind: kind)
             }.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
             made[directory] = Listing(sorted, fetchedAt: fetchedAt)
         }
         listings.withLock { listings in listings.merge(made) { _, new in new } }
-        return made[prefix] ?? Listing([], fetchedAt: fetchedAt)
+        return made[ExactString(prefix)] ?? Listing([], fetchedAt: fetchedAt)
     }
 
     /// Lists `prefix` from the store: flat for a project directory (filling its subtree), else by delimiter.
-    private func fetch(_ prefix: String) throws(StoreError) -> [String: [String: EntryKind]] {
+    private func fetch(_ prefix: String) throws(StoreError) -> [ExactString: [ExactString: EntryKind]] {
         let relative = NameRules.suffix(of: prefix, after: configuration.rootPrefix) ?? ""
         let isProject = NameRules.segments(relative).count == 2
         if isProject {
@@ -430,7 +442,7 @@ public final class Namespace: Sendable {
         for common in page.commonPrefixes { builder.add(commonPrefix: common) }
         builder.addReferences()
         // A delimiter listing describes only this directory; the sub-directories it names are listed later.
-        return [prefix: builder.directories[prefix] ?? [:]]
+        return [ExactString(prefix): builder.directories[ExactString(prefix)] ?? [:]]
     }
 
     private func warnOnce(_ message: String) {

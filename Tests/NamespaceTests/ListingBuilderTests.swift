@@ -75,6 +75,15 @@ import Testing
         #expect(warnings.isEmpty)
     }
 
+    @Test func namesThatDifferOnlyInNormalisationAreTwoEntries() {
+        let (composed, decomposed) = ("caf\u{E9}", "cafe\u{301}")
+        let (builder, _) = build(["d/\(composed)", "d/\(decomposed)", "\(composed)/a", "\(decomposed)/b"])
+        #expect(builder.directories["d/"]?.count == 2)
+        #expect(builder.directories[ExactString(composed + "/")]?.keys.sorted() == ["a"])
+        #expect(builder.directories[ExactString(decomposed + "/")]?.keys.sorted() == ["b"])
+        #expect(DirectoryOrder.cookie(composed) != DirectoryOrder.cookie(decomposed))
+    }
+
     @Test func nameRules() {
         #expect(NameRules.isValid("model.safetensors"))
         #expect(!NameRules.isValid(""))
