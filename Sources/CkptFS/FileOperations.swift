@@ -388,7 +388,7 @@ extension FileSystem {
         guard let kind = try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) else {
             throw FileError(ENOENT)
         }
-        let content = content(of: kind)
+        let kept = content(of: kind)
         switch kind {
         case .directory: throw FileError(EISDIR)
         case .symlink:
@@ -400,7 +400,7 @@ extension FileSystem {
             let remote = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: parentPrefix, name: name) }
             try overlayCall { () throws(OverlayError) in try overlay.unlink(key, existsRemotely: remote != nil) }
         }
-        namespace.detach(parent: parent, name: name, as: kind, content: content)
+        namespace.detach(parent: parent, name: name, as: kind, content: kept)
     }
 
     /// What the inode of a name of `kind` keeps once the name is removed or replaced: a staged file's

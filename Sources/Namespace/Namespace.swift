@@ -234,10 +234,12 @@ public final class Namespace: Sendable {
     /// What inode `ino` is: its kind, following a staged file that has been uploaded meanwhile (not for a
     /// detached inode: its key may name another file now), and for a detached one its content.
     private func resolve(_ ino: UInt64) throws(NamespaceError) -> (kind: EntryKind, detached: Bool, content: (any FileContent)?) {
-        guard let inode = table.withLock({ table in table.inodes[ino].map { ($0.kind, $0.detached, $0.content) } }) else {
+        guard let inode = table.withLock({ table in
+            table.inodes[ino].map { (kind: $0.kind, detached: $0.detached, content: $0.content) }
+        }) else {
             throw .notFound
         }
-        guard case .staged(let key) = inode.0, !inode.1, overlay?.stagedAttributes(key: key) == nil else { return inode }
+        guard case .staged(let key) = inode.kind, !inode.detached, overlay?.stagedAttributes(key: key) == nil else { return inode }
         let (parent, name) = NameRules.split(key)
         guard case .present(let current) = overlay?.change(in: parent, name: name) else {
             throw .notFound
