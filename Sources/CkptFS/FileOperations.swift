@@ -17,7 +17,7 @@ extension FileSystem {
             let staged: StagedHandle
             switch kind {
             case .staged(let key):
-                guard let overlay, var file = overlay.stagedFile(key) else { throw FileError(ENOENT) }
+                guard let overlay, var file = stagedFile(ino, key, in: overlay) else { throw FileError(ENOENT) }
                 if writing { file = try openForWriting(file, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay) }
                 staged = StagedHandle(file: file, writable: writing)
             case .file(let info) where writing:
@@ -143,7 +143,7 @@ extension FileSystem {
 
     func create(_ req: fuse_req_t?, _ parent: UInt64, _ name: String, _ fi: UnsafeMutablePointer<fuse_file_info>) {
         do throws(FileError) {
-            let key = try keyOf(parent, name)
+            let key = try newKey(parent, name)
             guard let overlay else { throw FileError(EROFS) }
             let flags = fi.pointee.flags
             let existing = try namespaceCall { () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }
@@ -224,7 +224,7 @@ extension FileSystem {
             let changesTimes = valid & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW) != 0
             switch kind {
             case .staged(let key):
-                guard let overlay, let current = overlay.stagedFile(key) else { throw FileError(ENOENT) }
+                guard let overlay, let current = stagedFile(ino, key, in: overlay) else { throw FileError(ENOENT) }
                 var file = current
                 if changesContent {
                     // As a writer would: a version that is uploading right now is left to its upload.
@@ -303,7 +303,7 @@ extension FileSystem {
     func mkdir(_ req: fuse_req_t?, _ parent: UInt64, _ name: String) {
         do throws(FileError) {
             guard let overlay else { throw FileError(EROFS) }
-            let key = try keyOf(parent, name)
+            let key = try newKey(parent, name)
             if try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) != nil {
                 throw FileError(EEXIST)
             }
@@ -336,6 +336,7 @@ extension FileSystem {
             let parentPrefix = try keyOf(parent, "")
             let remote = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: parentPrefix, name: name) }
             overlay.rmdir(prefix, existsRemotely: remote != nil)
+            namespace.detach(parent: parent, name: name, as: .directory(prefix: prefix))
             fuse_reply_err(req, 0)
         } catch {
             fuse_reply_err(req, error.code)
@@ -347,12 +348,13 @@ extension FileSystem {
             guard let overlay else { throw FileError(EROFS) }
             if flags & 2 != 0 { throw FileError(EINVAL) }  // RENAME_EXCHANGE
             let source = try keyOf(parent, name)
-            let destination = try keyOf(newParent, newName)
+            let destination = try newKey(newParent, newName)
             guard let kind = try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) else {
                 throw FileError(ENOENT)
             }
             let target = try namespaceCall { () throws(NamespaceError) in try namespace.kind(parent: newParent, name: newName) }
             if target != nil && flags & 1 != 0 { throw FileError(EEXIST) }  // RENAME_NOREPLACE
+            let replaced = content(of: target)
             switch kind {
             case .directory(let prefix):
                 if case .directory(let targetPrefix) = target {
@@ -366,6 +368,7 @@ extension FileSystem {
                 let sourceParent = try keyOf(parent, "")
                 let remote = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: sourceParent, name: name) }
                 overlay.rmdir(prefix, existsRemotely: remote != nil)
+                if let target { namespace.detach(parent: newParent, name: newName, as: target) }
                 namespace.moved(parent: parent, name: name, to: newParent, newName, kind: .directory(prefix: destination + "/"))
                 namespace.rekey(from: prefix, to: destination + "/")
             case .symlink:
@@ -374,6 +377,7 @@ extension FileSystem {
                 if case .directory = target { throw FileError(EISDIR) }
                 if case .file(let info) = target { _ = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite) }
                 let inStore = try renameFile(source, kind: kind, to: destination, overlay: overlay)
+                if let target { namespace.detach(parent: newParent, name: newName, as: target, content: replaced) }
                 namespace.moved(parent: parent, name: name, to: newParent, newName, kind: inStore ? kind : .staged(key: destination))
             }
             fuse_reply_err(req, 0)
@@ -435,10 +439,14 @@ extension FileSystem {
         guard let overlay else { throw FileError(EROFS) }
         let key = try keyOf(parent, name)
         let parentPrefix = try keyOf(parent, "")
-        switch try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) {
-        case nil: throw FileError(ENOENT)
+        guard let kind = try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) else {
+            throw FileError(ENOENT)
+        }
+        let kept = content(of: kind)
+        switch kind {
         case .directory: throw FileError(EISDIR)
-        case .symlink: throw FileError(EACCES)
+        case .symlink:
+            try namespaceCall { () throws(NamespaceError) in try namespace.unlinkReference(parent: parent, name: name) }
         case .file(let info):
             _ = try writableOverlay(for: info.key, protectedBy: settings.allowDelete)
             try overlayCall { () throws(OverlayError) in try overlay.unlink(key, existsRemotely: true) }
@@ -446,6 +454,20 @@ extension FileSystem {
             let remote = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: parentPrefix, name: name) }
             try overlayCall { () throws(OverlayError) in try overlay.unlink(key, existsRemotely: remote != nil) }
         }
+        namespace.detach(parent: parent, name: name, as: kind, content: kept)
+    }
+
+    /// What the inode of a name of `kind` keeps once the name is removed or replaced: a staged file's
+    /// content, which open descriptors go on using (nil for other kinds).
+    private func content(of kind: EntryKind?) -> (any FileContent)? {
+        guard case .staged(let key) = kind else { return nil }
+        return overlay?.stagedFile(key)
+    }
+
+    /// The staged file of inode `ino`, whose kind is `.staged(key)`: the one it kept if its name was removed
+    /// since (`key` may name another file now), else the current version of `key`.
+    private func stagedFile(_ ino: UInt64, _ key: String, in overlay: Overlay) -> StagedFile? {
+        namespace.detachedContent(of: ino) as? StagedFile ?? overlay.stagedFile(key)
     }
 
     /// The overlay, if `key` may be changed: written through this mount, or the flag allows it.
@@ -457,6 +479,15 @@ extension FileSystem {
 
     private func keyOf(_ parent: UInt64, _ name: String) throws(FileError) -> String {
         try namespaceCall { () throws(NamespaceError) in try namespace.prefix(of: parent) } + name
+    }
+
+    /// The key of a name being created (create, mkdir, rename's target), refusing one no file can have
+    /// with ext4's errno: `ENAMETOOLONG` over 255 bytes, `EEXIST` for `.` and `..` (they exist), `EINVAL`
+    /// for an empty name or one holding NUL or `/` (the kernel sends none of these three).
+    private func newKey(_ parent: UInt64, _ name: String) throws(FileError) -> String {
+        guard !NameRules.isValid(name) else { return try keyOf(parent, name) }
+        if name.utf8.count > NameRules.maxNameBytes { throw FileError(ENAMETOOLONG) }
+        throw FileError(name == "." || name == ".." ? EEXIST : EINVAL)
     }
 
     private func namespaceCall<T>(_ body: () throws(NamespaceError) -> T) throws(FileError) -> T {

@@ -122,6 +122,7 @@ public final class FileSystem: Sendable {
             st.st_mode = Glibc.S_IFLNK | 0o777
             st.st_nlink = 1
         }
+        if attributes.detached { st.st_nlink = 0 }
         return st
     }
 
@@ -132,6 +133,7 @@ public final class FileSystem: Sendable {
         case .notDirectory: return ENOTDIR
         case .isDirectory: return EISDIR
         case .notSymlink: return EINVAL
+        case .nameTooLong: return ENAMETOOLONG
         case .store(let error): return errno(error)
         }
     }

@@ -186,7 +186,7 @@ extension FileSystem {
                     case .file?, .staged?: st.st_mode = Glibc.S_IFREG
                     case .symlink?: st.st_mode = Glibc.S_IFLNK
                     }
-                    st.st_ino = entry == nil ? UInt(entryIno) : UInt.max  // unknown: the kernel looks the name up when needed
+                    st.st_ino = UInt(entry.map { namespace.inodeNumber(parent: ino, name: $0.name) } ?? entryIno)
                     used += fuse_add_direntry(req, buffer + used, size - used, name, &st, off_t(next))
                 }
                 return true

@@ -15,10 +15,11 @@ public struct DirectoryOrder: Sendable {
         cookies = keyed.map(\.0)
     }
 
-    /// The cookie of `name`: at least `firstCookie`, below 2^62 + 3.
+    /// The cookie of `name` (a hash of its bytes: names that differ only in Unicode normalisation are two
+    /// entries): at least `firstCookie`, below 2^62 + 3.
     public static func cookie(_ name: String) -> UInt64 {
         var hasher = Hasher()
-        hasher.combine(name)
+        hasher.combine(ExactString(name))
         return UInt64(bitPattern: Int64(hasher.finalize())) >> 2 + firstCookie
     }
 

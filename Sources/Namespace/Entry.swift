@@ -30,6 +30,13 @@ public protocol NamespaceOverlay: Sendable {
     func stagedAttributes(key: String) -> (size: Int64, modified: Int64)?
 }
 
+/// The content of a staged file, which an open descriptor keeps after the file's name is removed or
+/// replaced: its inode then reports this content's size and modification time, not the new file's.
+public protocol FileContent: AnyObject, Sendable {
+    var size: Int64 { get }
+    var modified: Int64 { get }
+}
+
 /// One name in a directory listing.
 public struct DirEntry: Sendable, Equatable {
     public let name: String
@@ -47,6 +54,8 @@ public struct Attributes: Sendable, Equatable {
     public let kind: EntryKind
     public let size: Int64
     public let modified: Int64
+    /// No name leads to the inode any more (it is reported with no links, as an unlinked open file).
+    public var detached = false
 }
 
 /// Why a namespace operation failed; the FUSE adapter maps each case to one errno.
@@ -55,5 +64,7 @@ public enum NamespaceError: Error, Sendable, Equatable {
     case notDirectory
     case isDirectory
     case notSymlink
+    /// A name longer than `NameRules.maxNameBytes` (no file can have it).
+    case nameTooLong
     case store(StoreError)
 }

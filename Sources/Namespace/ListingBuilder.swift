@@ -6,26 +6,26 @@ import ObjectStore
 /// Keys whose segments are not valid names are skipped and reported once each through `warn`; where a
 /// name is both a file and a directory, the directory wins. Adds the synthetic `latest` links.
 public struct ListingBuilder {
-    /// Directory prefix → its entries, sorted by name.
-    public private(set) var directories: [String: [String: EntryKind]] = [:]
+    /// Directory prefix → its entries (both byte for byte: names that differ only in Unicode
+    /// normalisation are two entries).
+    public private(set) var directories: [ExactString: [ExactString: EntryKind]] = [:]
     /// Directory prefix → newest modification time of any object below it.
-    private var newest: [String: Int64] = [:]
+    private var newest: [ExactString: Int64] = [:]
     private let base: String
     private let warn: (String) -> Void
 
     public init(base: String, warn: @escaping (String) -> Void) {
         self.base = base
         self.warn = warn
-        directories[base] = [:]
+        directories[ExactString(base)] = [:]
     }
 
     /// Adds one object found under `base` (flat or delimiter listing).
     public mutating func add(object: ObjectInfo) {
-        guard object.key.hasPrefix(base) else { return }
-        let relative = object.key.dropFirst(base.count)
+        guard let relative = NameRules.suffix(of: object.key, after: base) else { return }
         if relative.isEmpty { return }  // the directory's own marker object
-        var segments = relative.split(separator: "/", omittingEmptySubsequences: false)
-        let isMarker = relative.hasSuffix("/")
+        var segments = NameRules.segments(relative)
+        let isMarker = relative.utf8.last == UInt8(ascii: "/")
         if isMarker { segments.removeLast() }
         guard segments.allSatisfy(NameRules.isValid) else {
             warn("skipping key '\(object.key)': not a valid path (empty, '.', '..' or over-long segment)")
@@ -33,7 +33,7 @@ public struct ListingBuilder {
         }
         var directory = base
         for (position, segment) in segments.enumerated() {
-            newest[directory] = max(newest[directory] ?? .min, object.modified)
+            noteModified(object, below: directory)
             let name = String(segment)
             if position == segments.count - 1 && !isMarker {
                 addFile(name, object, in: directory)
@@ -43,13 +43,15 @@ public struct ListingBuilder {
                 directory = child
             }
         }
-        if isMarker { newest[directory] = max(newest[directory] ?? .min, object.modified) }
+        if isMarker { noteModified(object, below: directory) }
     }
 
     /// Adds one common prefix of a delimiter listing.
     public mutating func add(commonPrefix: String) {
-        guard commonPrefix.hasPrefix(base), commonPrefix.hasSuffix("/") else { return }
-        let name = commonPrefix.dropFirst(base.count).dropLast()
+        guard let relative = NameRules.suffix(of: commonPrefix, after: base), relative.utf8.last == UInt8(ascii: "/") else {
+            return
+        }
+        let name = relative.dropLast()
         guard NameRules.isValid(name) else {
             warn("skipping prefix '\(commonPrefix)': not a valid directory name")
             return
@@ -57,7 +59,12 @@ public struct ListingBuilder {
         addDirectory(String(name), prefix: commonPrefix, in: base)
     }
 
+    private mutating func noteModified(_ object: ObjectInfo, below directory: String) {
+        newest[ExactString(directory)] = max(newest[ExactString(directory)] ?? .min, object.modified)
+    }
+
     private mutating func addFile(_ name: String, _ object: ObjectInfo, in directory: String) {
+        let (directory, name) = (ExactString(directory), ExactString(name))
         if case .directory = directories[directory]?[name] {
             warn("hiding file '\(object.key)': a directory of the same name exists")
             return
@@ -66,43 +73,60 @@ public struct ListingBuilder {
     }
 
     private mutating func addDirectory(_ name: String, prefix: String, in directory: String) {
+        let (directory, name) = (ExactString(directory), ExactString(name))
         if case .file(let object) = directories[directory]?[name] {
             warn("hiding file '\(object.key)': a directory of the same name exists")
         }
         directories[directory, default: [:]][name] = .directory(prefix: prefix)
-        if directories[prefix] == nil { directories[prefix] = [:] }
+        if directories[ExactString(prefix)] == nil { directories[ExactString(prefix)] = [:] }
     }
 
     /// Adds `latest -> checkpoint-<largest N>` to every directory holding checkpoint directories and no
     /// real `latest`; with `projects`, adds `latest -> <job>/checkpoint-N` to those project directories,
-    /// pointing at the checkpoint holding the most recently modified object (ties: the larger N).
+    /// pointing at the checkpoint holding the most recently modified object (ties: the larger N). Remaining
+    /// ties go to the larger name bytes (`checkpoint-7` over `checkpoint-007`, `b/checkpoint-3` over
+    /// `a/checkpoint-3`), never to dictionary order.
     public mutating func addReferences(projects: Set<String> = []) {
-        var jobLatest: [String: (name: String, number: Int)] = [:]
+        var jobLatest: [ExactString: Candidate] = [:]
         for (prefix, entries) in directories {
-            var best: (name: String, number: Int)?
+            var best: Candidate?
             for (name, kind) in entries {
-                guard case .directory = kind, let number = NameRules.checkpointNumber(name) else { continue }
-                if best == nil || number > best!.number { best = (name, number) }
+                guard case .directory = kind, let number = NameRules.checkpointNumber(name.string) else { continue }
+                Candidate(target: name.string, time: 0, number: number).replaces(&best)
             }
             if let best { jobLatest[prefix] = best }
         }
         for (prefix, best) in jobLatest where directories[prefix]?["latest"] == nil {
-            directories[prefix]?["latest"] = .symlink(target: best.name)
+            directories[prefix]?["latest"] = .symlink(target: best.target)
         }
-        for project in projects where directories[project]?["latest"] == nil {
-            var best: (target: String, time: Int64, number: Int)?
+        for project in projects.map({ ExactString($0) }) where directories[project]?["latest"] == nil {
+            var best: Candidate?
             for (jobName, kind) in directories[project] ?? [:] {
                 guard case .directory(let jobPrefix) = kind else { continue }
-                for (name, child) in directories[jobPrefix] ?? [:] {
-                    guard case .directory(let checkpointPrefix) = child, let number = NameRules.checkpointNumber(name),
-                        let time = newest[checkpointPrefix]
+                for (name, child) in directories[ExactString(jobPrefix)] ?? [:] {
+                    guard case .directory(let checkpointPrefix) = child, let number = NameRules.checkpointNumber(name.string),
+                        let time = newest[ExactString(checkpointPrefix)]
                     else { continue }
-                    if best == nil || time > best!.time || (time == best!.time && number > best!.number) {
-                        best = ("\(jobName)/\(name)", time, number)
-                    }
+                    Candidate(target: jobName.string + "/" + name.string, time: time, number: number).replaces(&best)
                 }
             }
             if let best { directories[project]?["latest"] = .symlink(target: best.target) }
+        }
+    }
+
+    /// A checkpoint `latest` may point at.
+    private struct Candidate {
+        let target: String
+        let time: Int64
+        let number: Int
+
+        /// Becomes `best` if it is newer (`time`), else has the larger N, else the larger target bytes.
+        func replaces(_ best: inout Candidate?) {
+            if let best, (time, number) < (best.time, best.number) { return }
+            if let best, (time, number) == (best.time, best.number), !best.target.utf8.lexicographicallyPrecedes(target.utf8) {
+                return
+            }
+            best = self
         }
     }
 }

@@ -11,9 +11,23 @@ public enum NameRules {
     }
 
     /// `("a/b/", "c")` for the key `"a/b/c"`: the directory prefix a key lives in, and its name there.
+    /// Splits at the last `/` byte: a name may start with a combining mark, which makes `/` and the mark
+    /// one `Character`.
     public static func split(_ key: String) -> (parent: String, name: String) {
-        guard let slash = key.lastIndex(of: "/") else { return ("", key) }
-        return (String(key[...slash]), String(key[key.index(after: slash)...]))
+        guard let slash = key.utf8.lastIndex(of: UInt8(ascii: "/")) else { return ("", key) }
+        return (String(key.unicodeScalars[...slash]), String(key.unicodeScalars[key.utf8.index(after: slash)...]))
+    }
+
+    /// `key` without `prefix`, compared byte by byte (not as `Character`s, nor by canonical equivalence as
+    /// `hasPrefix` does); nil if `key` does not start with those bytes.
+    public static func suffix(of key: String, after prefix: String) -> Substring? {
+        guard key.utf8.starts(with: prefix.utf8) else { return nil }
+        return Substring(key.unicodeScalars[key.utf8.index(key.startIndex, offsetBy: prefix.utf8.count)...])
+    }
+
+    /// The `/`-separated segments of `path`, split at `/` bytes.
+    public static func segments(_ path: Substring) -> [Substring] {
+        path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { Substring($0) }
     }
 
     /// The N of a directory named `checkpoint-N` (the form Hugging Face's `get_last_checkpoint` matches).

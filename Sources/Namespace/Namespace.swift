@@ -30,35 +30,81 @@ public final class Namespace: Sendable {
         let name: String
         var kind: EntryKind
         var lookups: UInt64
+        /// Its name was unlinked, removed or renamed over while the kernel held it (an open file can still
+        /// use it): it keeps what it was until forgotten, and the name gets a new inode.
+        var detached = false
+        /// Where a detached staged file's size and mtime come from (its key may name another file now).
+        var content: (any FileContent)?
     }
 
     struct Listing {
         let entries: [DirEntry]
-        let byName: [String: Int]
+        let byName: [ExactString: Int]
         let order: DirectoryOrder
         let fetchedAt: Double
+
+        /// The listing of `sorted`, entries ordered by their names' bytes.
+        init(_ sorted: [DirEntry], fetchedAt: Double) {
+            var byName: [ExactString: Int] = [:]
+            byName.reserveCapacity(sorted.count)
+            for (position, entry) in sorted.enumerated() { byName[ExactString(entry.name)] = position }
+            self.entries = sorted
+            self.byName = byName
+            self.order = DirectoryOrder(sorted)
+            self.fetchedAt = fetchedAt
+        }
+
+        /// The entry named exactly `name` (byte for byte).
+        func entry(_ name: String) -> DirEntry? {
+            byName[ExactString(name)].map { entries[$0] }
+        }
     }
 
     struct Table {
         var inodes: [UInt64: Inode] = [:]
         var byName: [ParentName: UInt64] = [:]
-        var nextIno: UInt64 = 2
+
+        /// The inode number of `key`, or the one its next lookup gives it. A new name's number comes from a
+        /// hash of the parent and the name's bytes, so READDIR reports the number a later lookup returns
+        /// without registering anything: the first free number from the hash on (the number is taken
+        /// while another name with the same hash, or a detached inode of this name, holds it). Numbers lie
+        /// in 2^62..<2^63: never 0, the root's, or the kernel's "unknown" (all ones).
+        func number(of key: ParentName) -> UInt64 {
+            if let ino = byName[key] { return ino }
+            var hasher = Hasher()
+            hasher.combine(key)
+            var ino = UInt64(bitPattern: Int64(hasher.finalize())) >> 2 | 1 << 62
+            while inodes[ino] != nil { ino = ino + 1 == 1 << 63 ? 1 << 62 : ino + 1 }
+            return ino
+        }
     }
 
+    /// A name in a directory, compared and hashed by its bytes (see `ExactString`).
     struct ParentName: Hashable {
         let parent: UInt64
         let name: String
+
+        static func == (a: ParentName, b: ParentName) -> Bool {
+            a.parent == b.parent && ExactString(a.name) == ExactString(b.name)
+        }
+
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(parent)
+            hasher.combine(ExactString(name))
+        }
     }
 
     private let store: any ObjectStore
     private let overlay: (any NamespaceOverlay)?
     public let configuration: Configuration
     private let table: Mutex<Table>
-    private let listings = Mutex<[String: Listing]>([:])
-    private let flights = Mutex<[String: ListingFlight]>([:])
+    private let listings = Mutex<[ExactString: Listing]>([:])
+    private let flights = Mutex<[ExactString: ListingFlight]>([:])
     private let listingWaiters = Atomic<Int>(0)
     /// Threads waiting for another's listing fetch (observability for tests).
     var listingWaiterCount: Int { listingWaiters.load(ordering: .relaxed) }
+    /// Checkpoint references unlinked through the mount: directory prefix → name → the target it had.
+    private let unlinkedReferences = Mutex<[ExactString: [ExactString: String]]>([:])
     private let warned = Mutex<Set<String>>([])
     private let logger = Logger(label: "ckptfs.namespace")
 
@@ -76,15 +122,15 @@ public final class Namespace: Sendable {
 
     /// Resolves `name` in directory `parent` and counts one kernel reference to the result.
     public func lookup(parent: UInt64, name: String) throws(NamespaceError) -> Attributes {
+        guard name.utf8.count <= NameRules.maxNameBytes else { throw .nameTooLong }
         let prefix = try directoryPrefix(parent)
         switch overlay?.change(in: prefix, name: name) {
         case .present(let kind): return register(parent: parent, entry: DirEntry(name: name, kind: kind))
         case .removed: throw .notFound
         case nil: break
         }
-        let listing = try listing(prefix)
-        guard let position = listing.byName[name] else { throw .notFound }
-        return register(parent: parent, entry: listing.entries[position])
+        guard let entry = try listing(prefix).entry(name) else { throw .notFound }
+        return register(parent: parent, entry: entry)
     }
 
     /// Counts one kernel reference to an entry returned by `entries` (READDIRPLUS).
@@ -97,8 +143,7 @@ public final class Namespace: Sendable {
                 table.inodes[ino] = inode
                 return attributes(ino, entry.kind)
             }
-            let ino = table.nextIno
-            table.nextIno += 1
+            let ino = table.number(of: key)
             table.inodes[ino] = Inode(parent: parent, name: entry.name, kind: entry.kind, lookups: 1)
             table.byName[key] = ino
             return attributes(ino, entry.kind)
@@ -108,6 +153,12 @@ public final class Namespace: Sendable {
     /// The inode the kernel knows `name` in directory `parent` by, if it has one.
     public func knownIno(parent: UInt64, name: String) -> UInt64? {
         table.withLock { $0.byName[ParentName(parent: parent, name: name)] }
+    }
+
+    /// The inode number of `name` in `parent` (READDIR's `d_ino`): its inode's, or the one a lookup would
+    /// give it. Counts no reference.
+    public func inodeNumber(parent: UInt64, name: String) -> UInt64 {
+        table.withLock { $0.number(of: ParentName(parent: parent, name: name)) }
     }
 
     /// Drops `count` kernel references; an inode nobody references is forgotten.
@@ -127,7 +178,33 @@ public final class Namespace: Sendable {
     }
 
     public func attributes(_ ino: UInt64) throws(NamespaceError) -> Attributes {
-        attributes(ino, try kind(of: ino))
+        let (kind, detached, content) = try resolve(ino)
+        guard detached else { return attributes(ino, kind) }
+        var result = if case .staged = kind {
+            Attributes(ino: ino, kind: kind, size: content?.size ?? 0, modified: content?.modified ?? 0)
+        } else {
+            attributes(ino, kind)
+        }
+        result.detached = true
+        return result
+    }
+
+    /// After `name` in `parent` was unlinked, removed or renamed over: the name no longer leads to its
+    /// inode, so a file created under it gets a new inode number (as on ext4; the kernel may still hold the
+    /// old node id, and would take the new file for the old). Until the kernel forgets it, the old inode
+    /// reports `kind`, what the name was, and a staged file the size and mtime of its `content`.
+    public func detach(parent: UInt64, name: String, as kind: EntryKind, content: (any FileContent)? = nil) {
+        table.withLock { table in
+            guard let ino = table.byName.removeValue(forKey: ParentName(parent: parent, name: name)) else { return }
+            table.inodes[ino]?.kind = kind
+            table.inodes[ino]?.detached = true
+            table.inodes[ino]?.content = content
+        }
+    }
+
+    /// The content a detached staged file `ino` keeps (nil for any other inode).
+    public func detachedContent(of ino: UInt64) -> (any FileContent)? {
+        table.withLock { $0.inodes[ino]?.content }
     }
 
     /// The merged entries of directory `ino` in READDIR order (without `.` and `..`).
@@ -150,27 +227,35 @@ public final class Namespace: Sendable {
         case .present(let kind): return kind
         case .removed: return nil
         case nil:
-            let listing = try listing(prefix)
-            return listing.byName[name].map { listing.entries[$0].kind }
+            return try listing(prefix).entry(name)?.kind
         }
     }
 
     /// The kind of inode `ino`, following a staged file that has been uploaded meanwhile.
     public func kind(of ino: UInt64) throws(NamespaceError) -> EntryKind {
-        guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
-        guard case .staged(let key) = kind, overlay?.stagedAttributes(key: key) == nil else { return kind }
+        try resolve(ino).kind
+    }
+
+    /// What inode `ino` is: its kind, following a staged file that has been uploaded meanwhile (not for a
+    /// detached inode: its key may name another file now), and for a detached one its content.
+    private func resolve(_ ino: UInt64) throws(NamespaceError) -> (kind: EntryKind, detached: Bool, content: (any FileContent)?) {
+        guard let inode = table.withLock({ table in
+            table.inodes[ino].map { (kind: $0.kind, detached: $0.detached, content: $0.content) }
+        }) else {
+            throw .notFound
+        }
+        guard case .staged(let key) = inode.kind, !inode.detached, overlay?.stagedAttributes(key: key) == nil else { return inode }
         let (parent, name) = NameRules.split(key)
         guard case .present(let current) = overlay?.change(in: parent, name: name) else {
             throw .notFound
         }
         table.withLock { $0.inodes[ino]?.kind = current }
-        return current
+        return (current, false, nil)
     }
 
     /// What the store (ignoring the overlay) lists as `name` in directory `prefix`.
     public func remoteKind(prefix: String, name: String) throws(NamespaceError) -> EntryKind? {
-        let listing = try listing(prefix)
-        return listing.byName[name].map { listing.entries[$0].kind }
+        try listing(prefix).entry(name)?.kind
     }
 
     /// The merged entries of the directory `prefix`.
@@ -180,10 +265,11 @@ public final class Namespace: Sendable {
         return merge(remote, changes).sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
     }
 
-    /// The store's entries with the overlay's changes applied, unordered.
+    /// The store's entries with the overlay's changes applied, unordered. A change whose name no file can
+    /// have (one holding `/`) is left out: the kernel refuses a whole READDIR reply for one such entry.
     private func merge(_ remote: [DirEntry], _ changes: [String: OverlayChange]) -> [DirEntry] {
         var merged = remote.filter { changes[$0.name] == nil }
-        for (name, change) in changes {
+        for (name, change) in changes where NameRules.isValid(name) {
             if case .present(let kind) = change { merged.append(DirEntry(name: name, kind: kind)) }
         }
         return merged
@@ -211,9 +297,9 @@ public final class Namespace: Sendable {
     /// After a directory rename from `old` to `new` (both ending in `/`): every inode below `old` (the kernel
     /// keeps them across a rename) now names the same entry below `new`.
     public func rekey(from old: String, to new: String) {
-        func moved(_ key: String) -> String? { key.hasPrefix(old) ? new + key.dropFirst(old.count) : nil }
+        func moved(_ key: String) -> String? { NameRules.suffix(of: key, after: old).map { new + $0 } }
         table.withLock { table in
-            for (ino, inode) in table.inodes {
+            for (ino, inode) in table.inodes where !inode.detached {
                 var kind = inode.kind
                 switch inode.kind {
                 case .directory(let prefix):
@@ -238,9 +324,27 @@ public final class Namespace: Sendable {
         }
     }
 
+    /// Unlinks the checkpoint reference (synthetic link) `name` of directory `parent`, so `rm -rf` and
+    /// `shutil.rmtree` can empty a job: it stays hidden while it would point where it did, and comes back
+    /// when a listing moves it to another checkpoint.
+    public func unlinkReference(parent: UInt64, name: String) throws(NamespaceError) {
+        let prefix = try directoryPrefix(parent)
+        let listing = try listing(prefix)
+        guard let position = listing.byName[ExactString(name)], case .symlink(let target) = listing.entries[position].kind else {
+            throw .notFound
+        }
+        unlinkedReferences.withLock { $0[ExactString(prefix), default: [:]][ExactString(name)] = target }
+        var entries = listing.entries
+        entries.remove(at: position)
+        let without = Listing(entries, fetchedAt: listing.fetchedAt)
+        listings.withLock { listings in
+            if listings[ExactString(prefix)]?.fetchedAt == listing.fetchedAt { listings[ExactString(prefix)] = without }
+        }
+    }
+
     /// Forgets the cached listing of `prefix`, so the next look at it asks the store.
     public func invalidate(prefix: String) {
-        _ = listings.withLock { $0.removeValue(forKey: prefix) }
+        _ = listings.withLock { $0.removeValue(forKey: ExactString(prefix)) }
     }
 
     /// The parent directory's inode (the root is its own parent).
@@ -266,21 +370,27 @@ public final class Namespace: Sendable {
 
     // MARK: Listings
 
+    /// A removed directory has none: nothing can be created or found in it (the kernel sends no READDIR
+    /// for it either, as for any removed directory).
     private func directoryPrefix(_ ino: UInt64) throws(NamespaceError) -> String {
-        guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
+        guard let (kind, detached) = table.withLock({ table in table.inodes[ino].map { ($0.kind, $0.detached) } }) else {
+            throw .notFound
+        }
         guard case .directory(let prefix) = kind else { throw .notDirectory }
+        if detached { throw .notFound }
         return prefix
     }
 
     private func listing(_ prefix: String) throws(NamespaceError) -> Listing {
         let now = Self.monotonicSeconds()
-        if let cached = listings.withLock({ $0[prefix] }), now - cached.fetchedAt < configuration.metadataTTL {
+        let key = ExactString(prefix)
+        if let cached = listings.withLock({ $0[key] }), now - cached.fetchedAt < configuration.metadataTTL {
             return cached
         }
         let (flight, leads) = flights.withLock { flights -> (ListingFlight, Bool) in
-            if let flight = flights[prefix] { return (flight, false) }
+            if let flight = flights[key] { return (flight, false) }
             let flight = ListingFlight()
-            flights[prefix] = flight
+            flights[key] = flight
             return (flight, true)
         }
         guard leads else {
@@ -289,14 +399,14 @@ public final class Namespace: Sendable {
             return try flight.wait()
         }
         let result = Result { () throws(NamespaceError) in try fetchListings(prefix) }
-        flights.withLock { _ = $0.removeValue(forKey: prefix) }
+        flights.withLock { _ = $0.removeValue(forKey: key) }
         flight.finish(result)
         return try result.get()
     }
 
     /// Fetches `prefix` and stores the listings it yields (its subtree's too, for a project).
     private func fetchListings(_ prefix: String) throws(NamespaceError) -> Listing {
-        let built: [String: [String: EntryKind]]
+        let built: [ExactString: [ExactString: EntryKind]]
         do throws(StoreError) {
             built = try fetch(prefix)
         } catch {
@@ -304,24 +414,25 @@ public final class Namespace: Sendable {
             throw .store(error)
         }
         let fetchedAt = Self.monotonicSeconds()
-        var made: [String: Listing] = [:]
+        var made: [ExactString: Listing] = [:]
         made.reserveCapacity(built.count)
+        let unlinked = unlinkedReferences.withLock { $0 }
         for (directory, entries) in built {
-            let sorted = entries.map { DirEntry(name: $0.key, kind: $0.value) }
-                .sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
-            var byName: [String: Int] = [:]
-            byName.reserveCapacity(sorted.count)
-            for (position, entry) in sorted.enumerated() { byName[entry.name] = position }
-            made[directory] = Listing(entries: sorted, byName: byName, order: DirectoryOrder(sorted), fetchedAt: fetchedAt)
+            let hidden = unlinked[directory] ?? [:]
+            let sorted = entries.compactMap { name, kind -> DirEntry? in
+                if case .symlink(let target) = kind, hidden[name] == target { return nil }
+                return DirEntry(name: name.string, kind: kind)
+            }.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+            made[directory] = Listing(sorted, fetchedAt: fetchedAt)
         }
         listings.withLock { listings in listings.merge(made) { _, new in new } }
-        return made[prefix] ?? Listing(entries: [], byName: [:], order: DirectoryOrder([]), fetchedAt: fetchedAt)
+        return made[ExactString(prefix)] ?? Listing([], fetchedAt: fetchedAt)
     }
 
     /// Lists `prefix` from the store: flat for a project directory (filling its subtree), else by delimiter.
-    private func fetch(_ prefix: String) throws(StoreError) -> [String: [String: EntryKind]] {
-        let relative = prefix.dropFirst(configuration.rootPrefix.count)
-        let isProject = relative.split(separator: "/", omittingEmptySubsequences: false).count == 2
+    private func fetch(_ prefix: String) throws(StoreError) -> [ExactString: [ExactString: EntryKind]] {
+        let relative = NameRules.suffix(of: prefix, after: configuration.rootPrefix) ?? ""
+        let isProject = NameRules.segments(relative).count == 2
         if isProject {
             let page = try store.listAll(prefix: prefix, delimiter: nil, limit: Self.projectScanLimit)
             if page.nextToken == nil {
@@ -338,7 +449,7 @@ public final class Namespace: Sendable {
         for common in page.commonPrefixes { builder.add(commonPrefix: common) }
         builder.addReferences()
         // A delimiter listing describes only this directory; the sub-directories it names are listed later.
-        return [prefix: builder.directories[prefix] ?? [:]]
+        return [ExactString(prefix): builder.directories[ExactString(prefix)] ?? [:]]
     }
 
     private func warnOnce(_ message: String) {

@@ -47,7 +47,7 @@ extension LocalStore {
     /// `path(forKey:)` refuses (empty, `.`, `..` or empty segments) is invalid (`EINVAL`), even for a delete.
     private func openParent(ofKey key: String, create: Bool) throws(StoreError) -> (fd: Int32, name: String) {
         guard (try? path(forKey: key)) != nil else { throw .io(path: root + "/" + key, errno: EINVAL) }
-        var segments = key.split(separator: "/").map(String.init)
+        var segments = Self.segments(key)
         let name = segments.removeLast()
         var directory = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard directory >= 0 else { throw .io(path: root, errno: errno) }

@@ -13,9 +13,11 @@ public final class LocalStore: ObjectStore {
     }
 
     public func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage {
-        let slash = prefix.lastIndex(of: "/")
-        let directory = slash.map { String(prefix[...$0]) } ?? ""
-        let namePrefix = slash.map { String(prefix[prefix.index(after: $0)...]) } ?? prefix
+        // Split at the last `/` byte: a name may begin with a combining mark, which makes `/` and the mark
+        // one `Character`.
+        let slash = prefix.utf8.lastIndex(of: UInt8(ascii: "/"))
+        let directory = slash.map { String(prefix.unicodeScalars[...$0]) } ?? ""
+        let namePrefix = slash.map { String(prefix.unicodeScalars[prefix.utf8.index(after: $0)...]) } ?? prefix
         var page = ListPage()
         try walk(directory: directory, namePrefix: namePrefix, recursive: delimiter != "/", into: &page)
         page.objects.sort { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
@@ -96,11 +98,16 @@ public final class LocalStore: ObjectStore {
     }
 
     func path(forKey key: String) throws(StoreError) -> String {
-        let segments = key.split(separator: "/", omittingEmptySubsequences: false)
+        let segments = Self.segments(key)
         guard !key.isEmpty, !segments.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
             throw .notFound(key)
         }
         return root + "/" + key
+    }
+
+    /// The segments of `key`, split at `/` bytes (not `Character`s: `/` and a combining mark after it are one).
+    static func segments(_ key: String) -> [String] {
+        key.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { String(Substring($0)) }
     }
 
     private func walk(directory: String, namePrefix: String, recursive: Bool, into page: inout ListPage) throws(StoreError) {
@@ -115,7 +122,7 @@ public final class LocalStore: ObjectStore {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
             }
-            if name == "." || name == ".." || !name.hasPrefix(namePrefix) { continue }
+            if name == "." || name == ".." || !name.utf8.starts(with: namePrefix.utf8) { continue }
             children.append(name)
         }
         for name in children {

@@ -480,7 +480,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         monitor.withLock { insertLocked(String(prefix.dropLast()), .present(.directory(prefix: prefix))) }
     }
 
-    /// Removes a directory; `existsRemotely` says whether the store lists it (it must then be hidden).
+    /// Removes a directory; `existsRemotely` says whether the store lists it (it must then be hidden). The
+    /// `.removed` marks of its deleted children stay: a listing of it may still show them (cached, or
+    /// before their deletes have run), and a directory made again under the name must not.
     public func rmdir(_ prefix: String, existsRemotely: Bool) {
         monitor.withLock {
             let (parent, name) = NameRules.split(String(prefix.dropLast()))
@@ -489,7 +491,6 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             } else {
                 tree[parent]?.removeValue(forKey: name)
             }
-            tree.removeValue(forKey: prefix)
         }
     }
 
@@ -592,7 +593,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     public func sync(prefix: String) -> [String] {
         monitor.lock()
         defer { monitor.unlock() }
-        func under(_ operation: Operation) -> Bool { operation.keys.contains { $0.hasPrefix(prefix) } }
+        func under(_ operation: Operation) -> Bool { operation.keys.contains { $0.utf8.starts(with: prefix.utf8) } }
         while true {
             guard running.values.allSatisfy({ !under($0) }) else {
                 monitor.wait()

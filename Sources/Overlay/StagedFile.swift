@@ -1,10 +1,12 @@
 import BlockCache
 import Glibc
+import Namespace
 import Synchronization
 
 /// A file written through the mount, kept as an ordinary local file `files/<id>` in the staging
-/// directory. Guarded by the overlay's monitor, except `file`, which handles use directly.
-public final class StagedFile: @unchecked Sendable {
+/// directory. Guarded by the overlay's monitor, except `file`, which handles use directly. An open
+/// handle keeps it (and its bytes) after its name is removed: it is then its inode's `FileContent`.
+public final class StagedFile: FileContent, @unchecked Sendable {
     public let id: UInt64
     /// Key it will be uploaded as (changes on rename).
     public internal(set) var key: String
@@ -13,7 +15,7 @@ public final class StagedFile: @unchecked Sendable {
     public let path: String
     /// Handles open for writing; the file is queued for upload when the last one is released.
     var writers = 0
-    var modified: Int64
+    public internal(set) var modified: Int64
     /// The queued or running upload of this version, if any.
     var upload: UInt64?
     /// Size and `ContentChecksum` of the content as last closed (what its queued upload sends); the

@@ -84,9 +84,11 @@ import TestSupport
         let scratch = ScratchDirectory()
         let data = pattern(40 * Int(blockSize))
         let store = CountingStore(objects: ["obj": data])
-        let registry = makeRegistry(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
+        let cache = try BlockCache(directory: scratch.path, capacity: 64 << 20)
+        let registry = makeRegistry(store, cache)
         _ = try read(registry.acquire(try store.head(key: "obj")), 0, data.count, prefetch: Int64(data.count))
         registry.flush()
+        cache.lock.release()  // as if its process had ended: the next cache is a remount's
         let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
         // The first pass loads each block into memory; the second reads them from their cache files.
         for pass in 0..<2 {

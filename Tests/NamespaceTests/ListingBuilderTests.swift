@@ -41,6 +41,15 @@ import Testing
         #expect(builder.directories["j/"]?["latest"] == .symlink(target: "checkpoint-10"))
     }
 
+    @Test func tiesForLatestGoToTheLargerNameBytes() {
+        for _ in 0..<20 {  // dictionary order differs between builders
+            let (job, _) = build(["j/checkpoint-007/a", "j/checkpoint-7/a"])
+            #expect(job.directories["j/"]?["latest"] == .symlink(target: "checkpoint-7"))
+            let (project, _) = build(["p/a/checkpoint-3/x", "p/b/checkpoint-3/x"], base: "p/", projects: ["p/"])
+            #expect(project.directories["p/"]?["latest"] == .symlink(target: "b/checkpoint-3"))
+        }
+    }
+
     @Test func realLatestWins() {
         let (builder, _) = build(["j/checkpoint-1/a", "j/latest"])
         #expect(builder.directories["j/"]?["latest"] == .file(object("j/latest")))
@@ -54,6 +63,25 @@ import Testing
         builder.addReferences(projects: ["proj/"])
         #expect(builder.directories["proj/"]?["latest"] == .symlink(target: "new/checkpoint-3"))
         #expect(builder.directories["proj/new/"]?["latest"] == .symlink(target: "checkpoint-4"))
+    }
+
+    @Test func namesStartingWithACombiningMarkSplitAtTheSlashByte() {
+        // "/" and U+0301 after it are one Character: a Character-based split would not see the slash.
+        #expect(NameRules.split("a/\u{301}b") == ("a/", "\u{301}b"))
+        #expect(NameRules.split("\u{301}b") == ("", "\u{301}b"))
+        let (builder, warnings) = build(["a/\u{301}b", "a/\u{301}d/c"], base: "a/")
+        #expect(builder.directories["a/"]?.keys.sorted() == ["\u{301}b", "\u{301}d"])
+        #expect(builder.directories["a/\u{301}d/"]?.keys.sorted() == ["c"])
+        #expect(warnings.isEmpty)
+    }
+
+    @Test func namesThatDifferOnlyInNormalisationAreTwoEntries() {
+        let (composed, decomposed) = ("caf\u{E9}", "cafe\u{301}")
+        let (builder, _) = build(["d/\(composed)", "d/\(decomposed)", "\(composed)/a", "\(decomposed)/b"])
+        #expect(builder.directories["d/"]?.count == 2)
+        #expect(builder.directories[ExactString(composed + "/")]?.keys.sorted() == ["a"])
+        #expect(builder.directories[ExactString(decomposed + "/")]?.keys.sorted() == ["b"])
+        #expect(DirectoryOrder.cookie(composed) != DirectoryOrder.cookie(decomposed))
     }
 
     @Test func nameRules() {

@@ -32,6 +32,40 @@ import TestSupport
         #expect(throws: NamespaceError.notFound) { try namespace.attributes(project.ino) }
     }
 
+    @Test func lookupOfANameOver255BytesIsNameTooLong() throws {
+        let (tree, namespace) = makeTree()
+        defer { withExtendedLifetime(tree) {} }
+        #expect(throws: NamespaceError.nameTooLong) { try namespace.lookup(parent: Namespace.rootIno, name: String(repeating: "x", count: 256)) }
+        #expect(throws: NamespaceError.notFound) { try namespace.lookup(parent: Namespace.rootIno, name: String(repeating: "x", count: 255)) }
+    }
+
+    @Test func aDetachedNameGetsANewInodeAndTheOldOneKeepsWhatItWas() throws {
+        let (tree, namespace) = makeTree()
+        defer { withExtendedLifetime(tree) {} }
+        let project = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
+        namespace.detach(parent: Namespace.rootIno, name: "proj", as: project.kind)
+        let again = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
+        #expect(again.ino != project.ino)
+        #expect(try namespace.attributes(project.ino).detached)
+        #expect(try !namespace.attributes(again.ino).detached)
+        // A removed directory has nothing in it.
+        #expect(throws: NamespaceError.notFound) { try namespace.lookup(parent: project.ino, name: "job") }
+        namespace.forget(project.ino, count: 1)
+        #expect(throws: NamespaceError.notFound) { try namespace.attributes(project.ino) }
+        #expect(try namespace.lookup(parent: Namespace.rootIno, name: "proj").ino == again.ino)
+    }
+
+    @Test func anUnlinkedReferenceIsHiddenWhileItPointsWhereItDid() throws {
+        let (tree, namespace) = makeTree()
+        defer { withExtendedLifetime(tree) {} }
+        let project = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
+        let job = try namespace.lookup(parent: project.ino, name: "job")
+        try namespace.unlinkReference(parent: job.ino, name: "latest")
+        #expect(try namespace.readdirOrder(job.ino).entries.map(\.name) == ["checkpoint-1"])
+        #expect(throws: NamespaceError.notFound) { try namespace.lookup(parent: job.ino, name: "latest") }
+        #expect(throws: NamespaceError.notFound) { try namespace.unlinkReference(parent: job.ino, name: "checkpoint-1") }
+    }
+
     @Test func filesAreNotDirectories() throws {
         let (tree, namespace) = makeTree()
         defer { withExtendedLifetime(tree) {} }

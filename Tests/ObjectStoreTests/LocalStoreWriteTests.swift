@@ -33,6 +33,16 @@ import TestSupport
         #expect(listed.objects.first?.etag == etag)
     }
 
+    @Test func keysWithANameStartingWithACombiningMarkAreSplitAtTheSlash() throws {
+        // "/" and U+0301 after it are one Character; the key is still the file "\u{301}b" in the directory "a".
+        let fd = source("mark")
+        defer { close(fd) }
+        _ = try store.put(key: "a/\u{301}b", fd: fd, size: 4, options: UploadOptions())
+        #expect(try read("a/\u{301}b") == "mark")
+        #expect(try store.listAll(prefix: "", delimiter: "/").commonPrefixes == ["a/"])
+        #expect(try store.listAll(prefix: "a/", delimiter: "/").objects.map(\.key) == ["a/\u{301}b"])
+    }
+
     @Test func putReplacesAnObjectWithANewETag() throws {
         let first = source("old contents")
         defer { close(first) }

@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import signal
+import time
 import uuid
 import zipfile
 
@@ -269,3 +270,83 @@ def test_unmount_with_the_server_down_leaves_uploads_staged_for_the_next_mount(o
     assert bucket_hashes(outage.client, "outage") == {"kept.bin": sha(data)}
     status = run([ckptfs_bin, "status", second.mountpoint, "--json"], env=moto_env)
     assert '"queued": 0' in status.stdout and '"cache_capacity":' in status.stdout, status.stdout
+
+
+def test_a_name_starting_with_a_combining_mark_stays_in_its_directory(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    name = "\u0301b"  # "/" and U+0301 after it are one grapheme
+    (mnt / "a").mkdir()
+    (mnt / "a" / name).write_bytes(b"mark")
+    assert os.listdir(mnt) == ["a"]
+    assert os.listdir(mnt / "a") == [name]
+    assert (mnt / "a" / name).read_bytes() == b"mark"
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {f"a/{name}": sha(b"mark")}
+    assert os.listdir(mnt) == ["a"]
+
+
+LONG = "x" * 256
+TOO_LONG = {
+    "create": lambda m: open(m / LONG, "wb"),
+    "mkdir": lambda m: os.mkdir(m / LONG),
+    "rename": lambda m: os.rename(m / "short.txt", m / LONG),
+    "stat": lambda m: os.stat(m / LONG),
+}
+
+
+@pytest.mark.parametrize("operation", TOO_LONG)
+def test_names_over_255_bytes_get_enametoolong(mounter, bucket, operation):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    (mnt / "short.txt").write_bytes(b"s")
+    with pytest.raises(OSError) as raised:
+        TOO_LONG[operation](mnt)
+    assert raised.value.errno == errno.ENAMETOOLONG
+    assert sorted(os.listdir(mnt)) == ["short.txt"]
+    (mnt / ("y" * 255)).write_bytes(b"255 bytes is fine")
+    assert sorted(os.listdir(mnt)) == ["short.txt", "y" * 255]
+
+
+def test_a_directory_made_again_after_rmdir_does_not_bring_back_deleted_files(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    moto_client.put_object(Bucket=bucket, Key="old/f", Body=b"deleted")
+    mnt = mounter.mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint
+    (mnt / "new").mkdir()
+    (mnt / "new" / "f").write_bytes(b"uploaded, then deleted")
+    sync(ckptfs_bin, moto_env, mnt)
+    for directory in ("old", "new"):
+        assert os.listdir(mnt / directory) == ["f"]  # the listing is cached with f in it
+        os.unlink(mnt / directory / "f")
+        os.rmdir(mnt / directory)
+        os.mkdir(mnt / directory)
+        assert os.listdir(mnt / directory) == [], directory
+        with pytest.raises(FileNotFoundError):
+            open(mnt / directory / "f", "rb")
+    sync(ckptfs_bin, moto_env, mnt)
+    assert list_keys(moto_client, bucket) == set()
+
+
+def test_rmtree_and_rm_rf_remove_jobs_with_their_latest_links(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    for job in ("a", "b"):
+        for step in (1, 2):
+            moto_client.put_object(Bucket=bucket, Key=f"proj/{job}/checkpoint-{step}/w.bin", Body=b"w")
+    mnt = mounter.mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint
+    assert os.readlink(mnt / "proj/a/latest") == "checkpoint-2"
+    shutil.rmtree(mnt / "proj/a")  # unlinking `latest` was EACCES
+    result = run(["rm", "-rf", mnt / "proj/b"])
+    assert result.returncode == 0, result.stderr
+    os.unlink(mnt / "proj/latest")
+    assert os.listdir(mnt / "proj") == []
+    sync(ckptfs_bin, moto_env, mnt)
+    assert list_keys(moto_client, bucket) == set()
+
+
+def test_an_unlinked_latest_comes_back_when_a_newer_checkpoint_moves_it(mounter, moto_client, bucket):
+    moto_client.put_object(Bucket=bucket, Key="proj/job/checkpoint-1/w.bin", Body=b"w")
+    mnt = mounter.mount(f"s3://{bucket}", args=["--metadata-ttl", "1", "--negative-ttl", "0"]).mountpoint
+    job = mnt / "proj/job"
+    os.unlink(job / "latest")
+    assert os.listdir(job) == ["checkpoint-1"]
+    time.sleep(1.5)
+    assert not os.path.lexists(job / "latest")  # a fresh listing with the same link keeps it hidden
+    moto_client.put_object(Bucket=bucket, Key="proj/job/checkpoint-2/w.bin", Body=b"w")
+    time.sleep(1.5)
+    assert os.readlink(job / "latest") == "checkpoint-2"

@@ -115,3 +115,47 @@ def test_reopening_a_closed_file_while_it_uploads_keeps_both_versions_right(moun
     assert (mnt / "v.bin").read_bytes() == expected
     sync(ckptfs_bin, moto_env, mnt)
     assert bucket_hashes(moto_client, bucket) == {"v.bin": sha(expected)}
+
+
+MODES = {"passthrough-if-offered": [], "daemon-served": ["--staging-size", "64M"]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_name_reused_while_its_unlinked_file_is_open_is_a_new_file(mounter, moto_client, ckptfs_bin, moto_env, bucket, mode):
+    mnt = mounter.mount(f"s3://{bucket}", args=MODES[mode]).mountpoint
+    with open(mnt / "x", "wb") as old:
+        old.write(b"OLD")
+        old.flush()
+        os.unlink(mnt / "x")
+        with open(mnt / "x", "wb") as new:  # failed with EIO: the kernel still held the old inode's node id
+            new.write(b"NEWNEW")
+            new.flush()
+            assert os.fstat(old.fileno()).st_ino != os.fstat(new.fileno()).st_ino
+            gone = os.fstat(old.fileno())
+            assert (gone.st_size, gone.st_nlink) == (3, 0)
+            old.write(b"MORE")
+            old.flush()
+            assert os.fstat(old.fileno()).st_size == 7
+            os.ftruncate(old.fileno(), 1)
+            assert os.fstat(old.fileno()).st_size == 1
+            assert os.fstat(new.fileno()).st_size == 6
+    assert (mnt / "x").read_bytes() == b"NEWNEW"
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {"x": sha(b"NEWNEW")}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_file_renamed_over_while_open_keeps_its_own_attributes(mounter, moto_client, ckptfs_bin, moto_env, bucket, mode):
+    mnt = mounter.mount(f"s3://{bucket}", args=MODES[mode]).mountpoint
+    (mnt / "new").write_bytes(b"N" * 3)
+    with open(mnt / "target", "wb") as old:
+        old.write(b"T" * 10)
+        old.flush()
+        os.replace(mnt / "new", mnt / "target")
+        replaced = os.fstat(old.fileno())
+        assert (replaced.st_size, replaced.st_nlink) == (10, 0)
+        assert replaced.st_ino != os.stat(mnt / "target").st_ino
+        assert os.stat(mnt / "target").st_size == 3
+    assert (mnt / "target").read_bytes() == b"NNN"
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {"target": sha(b"NNN")}

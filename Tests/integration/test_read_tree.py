@@ -7,6 +7,7 @@ import mmap
 import os
 import random
 import stat
+import uuid
 
 import numpy as np
 import pytest
@@ -66,6 +67,17 @@ def test_directory_with_more_keys_than_one_listing_page(dataset_mount):
     result = run(["bash", "-c", 'ls "$1" | wc -l', "ls", dataset_mount / BIG_DIR])
     assert result.stdout.strip() == str(BIG_DIR_COUNT)
     assert sorted(os.listdir(dataset_mount / BIG_DIR)) == [f"shard-{i:05d}.txt" for i in range(BIG_DIR_COUNT)]
+
+
+def test_readdir_inode_numbers_are_the_ones_stat_reports(mounter, dataset):
+    # A fresh mount: the kernel sends READDIRPLUS for the first chunk only, plain READDIR after it.
+    big = mounter.mount(f"s3://{dataset.bucket}", args=["--read-only"]).mountpoint / BIG_DIR
+    entries = list(os.scandir(big))
+    assert len(entries) == BIG_DIR_COUNT
+    assert [e.name for e in entries if e.inode() != e.stat(follow_symlinks=False).st_ino] == []
+    last = sorted(entries, key=lambda e: e.name)[-1]
+    result = run(["find", big, "-inum", str(last.inode()), "-printf", "%f\\n"])
+    assert result.stdout.split() == [last.name], result.stderr
 
 
 @pytest.mark.parametrize("skip,count", [(0, 1), (1, 3), (2047, 2), (2048, 1), (5000, 300),
@@ -205,3 +217,22 @@ def test_file_remote_serves_a_local_directory(mounter, dataset):
     assert find(mnt, "f") == set(dataset.sha256)
     for rel in [BIG_FILE, "proj-b/misc/ünï cödé+plus&amp.txt", "proj-a/job2/checkpoint-5/rank-1/model.safetensors"]:
         assert sha256_file(mnt / rel) == dataset.sha256[rel]
+
+
+def test_names_that_differ_only_in_unicode_normalisation_are_two_entries(mounter, moto_client):
+    bucket = f"nf-{uuid.uuid4().hex[:8]}"
+    moto_client.create_bucket(Bucket=bucket)
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    bodies = {composed: b"composed", decomposed: b"decomposed!"}
+    for name, body in bodies.items():
+        moto_client.put_object(Bucket=bucket, Key=f"files/{name}", Body=body)
+        moto_client.put_object(Bucket=bucket, Key=f"{name}/inner.txt", Body=body)
+    mnt = mounter.mount(f"s3://{bucket}", args=["--read-only"]).mountpoint
+    assert sorted(os.listdir(mnt)) == sorted([composed, decomposed, "files"])
+    assert sorted(os.listdir(mnt / "files")) == sorted(bodies)
+    for name, body in bodies.items():
+        assert (mnt / "files" / name).read_bytes() == body
+        assert (mnt / name / "inner.txt").read_bytes() == body
+        assert os.listdir(mnt / name) == ["inner.txt"]
+    assert os.stat(mnt / "files" / composed).st_ino != os.stat(mnt / "files" / decomposed).st_ino
+    assert os.stat(mnt / composed).st_ino != os.stat(mnt / decomposed).st_ino
