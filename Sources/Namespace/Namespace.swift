@@ -42,6 +42,9 @@ public final class Namespace: Sendable {
         let byName: [ExactString: Int]
         let order: DirectoryOrder
         let fetchedAt: Double
+        /// When the store's listing of this directory was last seen to change (wall-clock seconds; 0 while
+        /// it is as first fetched): the directory's mtime, which tells the kernel to drop its cached READDIR.
+        var changedAt: Int64 = 0
 
         /// The listing of `sorted`, entries ordered by their names' bytes.
         init(_ sorted: [DirEntry], fetchedAt: Double) {
@@ -135,19 +138,20 @@ public final class Namespace: Sendable {
 
     /// Counts one kernel reference to an entry returned by `entries` (READDIRPLUS).
     public func register(parent: UInt64, entry: DirEntry) -> Attributes {
-        table.withLock { table in
+        let ino = table.withLock { table in
             let key = ParentName(parent: parent, name: entry.name)
             if let ino = table.byName[key], var inode = table.inodes[ino] {
                 inode.kind = entry.kind
                 inode.lookups += 1
                 table.inodes[ino] = inode
-                return attributes(ino, entry.kind)
+                return ino
             }
             let ino = table.number(of: key)
             table.inodes[ino] = Inode(parent: parent, name: entry.name, kind: entry.kind, lookups: 1)
             table.byName[key] = ino
-            return attributes(ino, entry.kind)
+            return ino
         }
+        return attributes(ino, entry.kind)
     }
 
     /// The inode the kernel knows `name` in directory `parent` by, if it has one.
@@ -179,6 +183,13 @@ public final class Namespace: Sendable {
 
     public func attributes(_ ino: UInt64) throws(NamespaceError) -> Attributes {
         let (kind, detached, content) = try resolve(ino)
+        if case .directory(let prefix) = kind, let cached = listings.withLock({ $0[ExactString(prefix)] }),
+            Self.monotonicSeconds() - cached.fetchedAt >= configuration.metadataTTL
+        {
+            // An expired listing is fetched again first, so the mtime says whether it changed (a failure
+            // keeps the old one).
+            _ = try? listing(prefix)
+        }
         guard detached else { return attributes(ino, kind) }
         var result = if case .staged = kind {
             Attributes(ino: ino, kind: kind, size: content?.size ?? 0, modified: content?.modified ?? 0)
@@ -336,7 +347,8 @@ public final class Namespace: Sendable {
         unlinkedReferences.withLock { $0[ExactString(prefix), default: [:]][ExactString(name)] = target }
         var entries = listing.entries
         entries.remove(at: position)
-        let without = Listing(entries, fetchedAt: listing.fetchedAt)
+        var without = Listing(entries, fetchedAt: listing.fetchedAt)
+        without.changedAt = listing.changedAt
         listings.withLock { listings in
             if listings[ExactString(prefix)]?.fetchedAt == listing.fetchedAt { listings[ExactString(prefix)] = without }
         }
@@ -425,7 +437,16 @@ public final class Namespace: Sendable {
             }.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
             made[directory] = Listing(sorted, fetchedAt: fetchedAt)
         }
-        listings.withLock { listings in listings.merge(made) { _, new in new } }
+        let now = Int64(time(nil))
+        listings.withLock { listings in
+            for (directory, var listing) in made {
+                if let old = listings[directory] {
+                    listing.changedAt = old.entries == listing.entries ? old.changedAt : max(now, old.changedAt + 1)
+                }
+                made[directory] = listing
+                listings[directory] = listing
+            }
+        }
         return made[ExactString(prefix)] ?? Listing([], fetchedAt: fetchedAt)
     }
 
@@ -459,7 +480,9 @@ public final class Namespace: Sendable {
 
     private func attributes(_ ino: UInt64, _ kind: EntryKind) -> Attributes {
         switch kind {
-        case .directory: return Attributes(ino: ino, kind: kind, size: 0, modified: 0)
+        case .directory(let prefix):
+            let changed = listings.withLock { $0[ExactString(prefix)]?.changedAt } ?? 0
+            return Attributes(ino: ino, kind: kind, size: 0, modified: changed)
         case .file(let info): return Attributes(ino: ino, kind: kind, size: info.size, modified: info.modified)
         case .symlink(let target): return Attributes(ino: ino, kind: kind, size: Int64(target.utf8.count), modified: 0)
         case .staged(let key):

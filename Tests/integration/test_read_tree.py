@@ -7,6 +7,7 @@ import mmap
 import os
 import random
 import stat
+import time
 import uuid
 
 import numpy as np
@@ -236,3 +237,18 @@ def test_names_that_differ_only_in_unicode_normalisation_are_two_entries(mounter
         assert os.listdir(mnt / name) == ["inner.txt"]
     assert os.stat(mnt / "files" / composed).st_ino != os.stat(mnt / "files" / decomposed).st_ino
     assert os.stat(mnt / composed).st_ino != os.stat(mnt / decomposed).st_ino
+
+
+def test_ls_shows_objects_another_client_adds_once_the_listing_expires(mounter, moto_client):
+    bucket = f"fresh-{uuid.uuid4().hex[:8]}"
+    moto_client.create_bucket(Bucket=bucket)
+    moto_client.put_object(Bucket=bucket, Key="p/j/checkpoint-1/a.bin", Body=b"1")
+    root = mounter.mount(f"s3://{bucket}", args=["--read-only", "--metadata-ttl", "1"]).mountpoint
+    job = root / "p/j"
+    assert sorted(os.listdir(job)) == ["checkpoint-1", "latest"]  # the kernel now caches this listing
+    moto_client.put_object(Bucket=bucket, Key="p/j/checkpoint-2/a.bin", Body=b"2")
+    deadline = time.monotonic() + 20
+    while "checkpoint-2" not in os.listdir(job) and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling for the refresh the TTL promises, not waiting for a thread
+    assert sorted(os.listdir(job)) == ["checkpoint-1", "checkpoint-2", "latest"]
+    assert os.readlink(job / "latest") == "checkpoint-2"
