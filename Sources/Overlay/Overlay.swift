@@ -358,7 +358,11 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         monitor.withLock {
             file.writers -= 1
             file.modified = Int64(time(nil))
+            // A version dropped while open (deleted, replaced) was written on through the open descriptor:
+            // what that charged to the budget is returned with its last writer.
+            if file.writers == 0 && staged[file.key] !== file { releaseChargeLocked(file) }
         }
+        monitor.broadcast()
         try enqueueUpload(file, writers: 0)
     }
 

@@ -101,6 +101,20 @@ import TestSupport
         #expect(access(second.path, F_OK) != 0)
     }
 
+    @Test func writesThroughADeletedFilesOpenDescriptorAreReturnedToTheBudgetAtItsClose() throws {
+        let staging = ScratchDirectory()
+        let overlay = try Overlay(
+            store: OverlayRecoveryTests.UnreachableStore(),
+            configuration: .init(directory: staging.path + "/r", rootPrefix: "", stagingLimit: 100))
+        let deleted = try overlay.create("ckpt/tmp.bin")
+        try overlay.reserve(deleted, growingTo: 60)
+        try overlay.unlink("ckpt/tmp.bin", existsRemotely: false)
+        try overlay.reserve(deleted, growingTo: 90)  // still written through its open descriptor
+        try overlay.releaseWriter(deleted)
+        let next = try overlay.create("ckpt/next.bin")
+        #expect(throws: Never.self) { try overlay.reserve(next, growingTo: 90) }
+    }
+
     @Test func recoveryQueuesOnlyTheNewestOfTwoUnfinishedPutsOfOneKey() throws {
         let staging = ScratchDirectory()
         let directory = staging.path + "/remote"
