@@ -106,9 +106,16 @@ extension FileSystem {
             switch Self.handle(fi).content {
             case .remote(let handle):
                 let prefetch = handle.window.withLock { $0.record(offset: offset, length: Int64(size)) }
+                let reply = { (bytes: UnsafeRawBufferPointer) in _ = fuse_reply_buf(req, bytes.baseAddress, bytes.count) }
                 do throws(StoreError) {
-                    try handle.object.read(offset: offset, count: size, prefetch: prefetch, scratch: base) { bytes in
-                        fuse_reply_buf(req, bytes.baseAddress, bytes.count)
+                    do throws(StoreError) {
+                        try handle.object.read(offset: offset, count: size, prefetch: prefetch, scratch: base, deliver: reply)
+                    } catch .notFound {
+                        // Renamed through this mount since the open: its copy has run and the old key is gone.
+                        guard let moved = movedObject(Self.handle(fi).ino, from: handle.object) else { throw .notFound(handle.object.key) }
+                        let object = registry.acquire(moved)
+                        defer { registry.release(object) }
+                        try object.read(offset: offset, count: size, prefetch: 0, scratch: base, deliver: reply)
                     }
                 } catch {
                     logger.warning("read failed", metadata: ["key": "\(handle.object.key)", "error": "\(error)"])
@@ -119,6 +126,12 @@ extension FileSystem {
                 if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, base, count) }
             }
         }
+    }
+
+    /// The object inode `ino` names now, if it is another one than `object` (a rename's copy of it).
+    private func movedObject(_ ino: UInt64, from object: CachedObject) -> ObjectInfo? {
+        guard case .file(let info)? = try? namespace.currentKind(of: ino), info.key != object.key else { return nil }
+        return info
     }
 
     func release(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>) {

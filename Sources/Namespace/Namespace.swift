@@ -154,6 +154,16 @@ public final class Namespace: Sendable {
         return attributes(ino, entry.kind)
     }
 
+    /// What the name of inode `ino` stands for now (the overlay, then its parent's listing), whatever the
+    /// inode recorded when it was looked up; nil once its name was unlinked or replaced (the inode is
+    /// detached: its name may stand for another file).
+    public func currentKind(of ino: UInt64) throws(NamespaceError) -> EntryKind? {
+        guard let inode = table.withLock({ table in table.inodes[ino].map { ($0.parent, $0.name, $0.detached) } }) else {
+            throw .notFound
+        }
+        return inode.2 ? nil : try kind(parent: inode.0, name: inode.1)
+    }
+
     /// The inode the kernel knows `name` in directory `parent` by, if it has one.
     public func knownIno(parent: UInt64, name: String) -> UInt64? {
         table.withLock { $0.byName[ParentName(parent: parent, name: name)] }

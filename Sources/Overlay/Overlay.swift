@@ -692,7 +692,11 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             operation.attempts += 1
             monitor.lock()
             running.removeValue(forKey: operation.id)
-            if let error {
+            if error != nil, case .put(let file, _, _) = operation.kind, file.upload != operation.id {
+                // The version it uploaded was dropped or written again meanwhile: nothing to retry.
+                try? journal.append([.done(operation.id)])
+                if staged[file.key] !== file && !pending.contains(where: { $0.uploads(file) }) { Glibc.unlink(file.path) }
+            } else if let error {
                 operation.lastError = error.description
                 operation.retryAt = Self.now() + Double(min(30_000, 250 << min(operation.attempts, 7))) / 1000
                 logger.warning("upload operation failed; will retry", metadata: ["keys": "\(operation.keys)", "error": "\(error)"])

@@ -56,6 +56,7 @@ import TestSupport
         do {
             let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
             try store(cache, key, pattern(5000))
+            cache.lock.release()  // as if its process had ended
         }
         let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
         let file = try #require(reopened.open(key))
@@ -70,6 +71,7 @@ import TestSupport
             let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
             try store(cache, key, pattern(5000))
             path = cache.path(for: key)
+            cache.lock.release()  // as if its process had ended
         }
         corruptByte(of: path, at: 1234)
         let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
@@ -88,6 +90,7 @@ import TestSupport
             try store(cache, good, pattern(5000))
             try store(cache, bad, pattern(7000))
             badPath = cache.path(for: bad)
+            cache.lock.release()  // as if its process had ended
         }
         corruptByte(of: badPath, at: 6999)
         let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
@@ -108,6 +111,7 @@ import TestSupport
             let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
             try store(cache, key, pattern(100))
             temp = cache.path(for: key) + ".99.1.tmp"
+            cache.lock.release()  // as if its process had ended
         }
         close(open(temp, O_CREAT | O_WRONLY, 0o600))
         #expect(access(temp, F_OK) == 0)

@@ -350,3 +350,19 @@ def test_an_unlinked_latest_comes_back_when_a_newer_checkpoint_moves_it(mounter,
     moto_client.put_object(Bucket=bucket, Key="proj/job/checkpoint-2/w.bin", Body=b"w")
     time.sleep(1.5)
     assert os.readlink(job / "latest") == "checkpoint-2"
+
+
+def test_a_reader_open_across_a_rename_of_an_uploaded_file_reads_the_renamed_copy(mounter, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    (mnt / "p/j").mkdir(parents=True)
+    data = os.urandom(1_500_000)
+    (mnt / "p/j/a.bin").write_bytes(data)
+    sync(ckptfs_bin, moto_env, mnt)  # uploaded: renaming it is a copy, then a delete of the old key
+    reader = os.open(mnt / "p/j/a.bin", os.O_RDONLY)
+    try:
+        os.rename(mnt / "p/j/a.bin", mnt / "p/j/b.bin")
+        sync(ckptfs_bin, moto_env, mnt)  # the old key is gone from the bucket now
+        assert os.pread(reader, len(data), 0) == data
+    finally:
+        os.close(reader)
+    assert (mnt / "p/j/b.bin").read_bytes() == data
