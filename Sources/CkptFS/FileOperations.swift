@@ -21,9 +21,10 @@ extension FileSystem {
                 if writing { file = try openForWriting(file, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay) }
                 staged = StagedHandle(file: file, writable: writing)
             case .file(let info) where writing:
-                let overlay = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite)
-                let file = try openStored(info, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay)
-                namespace.update(ino, kind: .staged(key: info.key))
+                let key = try namespaceCall { () throws(NamespaceError) in try namespace.key(of: ino) }
+                let overlay = try writableOverlay(for: key, protectedBy: settings.allowOverwrite)
+                let file = try openStored(key, info, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay)
+                namespace.update(ino, kind: .staged(key: key))
                 staged = StagedHandle(file: file, writable: true)
             case .file(let info):
                 switch passthrough.begin(ino, staged: nil, starts: false) {
@@ -78,8 +79,12 @@ extension FileSystem {
     /// staged version another writer made meanwhile, else a new one (a copy-up, or empty with `truncate`).
     /// A new version cannot be opened while the kernel serves the inode from a backing file (an older
     /// version still open in passthrough): `EBUSY`.
-    private func openStored(_ info: ObjectInfo, ino: UInt64?, truncate: Bool, overlay: Overlay) throws(FileError) -> StagedFile {
-        if let current = overlay.stagedFile(info.key) {
+    /// `key` is the name's (a file renamed through this mount is read from its old key until its copy has
+    /// run: `info.key` may be that one).
+    private func openStored(
+        _ key: String, _ info: ObjectInfo, ino: UInt64?, truncate: Bool, overlay: Overlay
+    ) throws(FileError) -> StagedFile {
+        if let current = overlay.stagedFile(key) {
             guard let ino else {
                 return try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current, truncate: truncate) }
             }
@@ -89,7 +94,7 @@ extension FileSystem {
             throw FileError(EBUSY)
         }
         return try overlayCall { () throws(OverlayError) in
-            truncate ? try overlay.create(info.key) : try overlay.copyUp(info.key, from: info)
+            truncate ? try overlay.create(key) : try overlay.copyUp(key, from: info)
         }
     }
 
@@ -167,8 +172,8 @@ extension FileSystem {
             case .directory: throw FileError(EISDIR)
             case .symlink: throw FileError(EACCES)
             case .file(let info):
-                _ = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite)
-                file = try openStored(info, ino: namespace.knownIno(parent: parent, name: name), truncate: flags & O_TRUNC != 0, overlay: overlay)
+                _ = try writableOverlay(for: key, protectedBy: settings.allowOverwrite)
+                file = try openStored(key, info, ino: namespace.knownIno(parent: parent, name: name), truncate: flags & O_TRUNC != 0, overlay: overlay)
             case .staged(let stagedKey):
                 guard let current = overlay.stagedFile(stagedKey) else { throw FileError(ENOENT) }
                 if let ino = namespace.knownIno(parent: parent, name: name) {
@@ -248,11 +253,10 @@ extension FileSystem {
                     overlay.touch(file, modified: valid & FUSE_SET_ATTR_MTIME_NOW != 0 ? Int64(time(nil)) : Int64(attr.st_mtim.tv_sec))
                 }
             case .file(let info) where changesContent:
-                let overlay = try writableOverlay(for: info.key, protectedBy: settings.allowOverwrite)
-                let file = try overlayCall { () throws(OverlayError) in
-                    attr.st_size == 0 ? try overlay.create(info.key) : try overlay.copyUp(info.key, from: info)
-                }
-                namespace.update(ino, kind: .staged(key: info.key))
+                let key = try namespaceCall { () throws(NamespaceError) in try namespace.key(of: ino) }
+                let overlay = try writableOverlay(for: key, protectedBy: settings.allowOverwrite)
+                let file = try openStored(key, info, ino: ino, truncate: attr.st_size == 0, overlay: overlay)
+                namespace.update(ino, kind: .staged(key: key))
                 try truncate(file, to: Int64(attr.st_size), overlay: overlay)
             case .file, .directory:
                 // Modes, owners and times of objects in the store cannot be stored: accepted and ignored

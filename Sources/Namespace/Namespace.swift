@@ -43,7 +43,7 @@ public final class Namespace: Sendable {
         let order: DirectoryOrder
         let fetchedAt: Double
         /// When the store's listing of this directory was last seen to change (wall-clock seconds; 0 while
-        /// it is as first fetched): the directory's mtime, which tells the kernel to drop its cached READDIR.
+        /// it is as first fetched): the directory's mtime while the listing is fresh.
         var changedAt: Int64 = 0
 
         /// The listing of `sorted`, entries ordered by their names' bytes.
@@ -164,6 +164,14 @@ public final class Namespace: Sendable {
         return inode.2 ? nil : try kind(parent: inode.0, name: inode.1)
     }
 
+    /// The key inode `ino` names (its directory's prefix and its name).
+    public func key(of ino: UInt64) throws(NamespaceError) -> String {
+        guard let (parent, name) = table.withLock({ table in table.inodes[ino].map { ($0.parent, $0.name) } }) else {
+            throw .notFound
+        }
+        return try directoryPrefix(parent) + name
+    }
+
     /// The inode the kernel knows `name` in directory `parent` by, if it has one.
     public func knownIno(parent: UInt64, name: String) -> UInt64? {
         table.withLock { $0.byName[ParentName(parent: parent, name: name)] }
@@ -193,13 +201,6 @@ public final class Namespace: Sendable {
 
     public func attributes(_ ino: UInt64) throws(NamespaceError) -> Attributes {
         let (kind, detached, content) = try resolve(ino)
-        if case .directory(let prefix) = kind, let cached = listings.withLock({ $0[ExactString(prefix)] }),
-            Self.monotonicSeconds() - cached.fetchedAt >= configuration.metadataTTL
-        {
-            // An expired listing is fetched again first, so the mtime says whether it changed (a failure
-            // keeps the old one).
-            _ = try? listing(prefix)
-        }
         guard detached else { return attributes(ino, kind) }
         var result = if case .staged = kind {
             Attributes(ino: ino, kind: kind, size: content?.size ?? 0, modified: content?.modified ?? 0)
@@ -491,8 +492,15 @@ public final class Namespace: Sendable {
     private func attributes(_ ino: UInt64, _ kind: EntryKind) -> Attributes {
         switch kind {
         case .directory(let prefix):
-            let changed = listings.withLock { $0[ExactString(prefix)]?.changedAt } ?? 0
-            return Attributes(ino: ino, kind: kind, size: 0, modified: changed)
+            // The kernel keeps a directory's READDIR results until its mtime changes. Once the listing
+            // has expired the mtime is the current time, so the next `ls` reads the directory again (and
+            // with it fetches a fresh listing), without a fetch here.
+            let listing = listings.withLock { $0[ExactString(prefix)].map { ($0.changedAt, $0.fetchedAt) } }
+            var modified = listing?.0 ?? 0
+            if let fetchedAt = listing?.1, Self.monotonicSeconds() - fetchedAt >= configuration.metadataTTL {
+                modified = Int64(time(nil))
+            }
+            return Attributes(ino: ino, kind: kind, size: 0, modified: modified)
         case .file(let info): return Attributes(ino: ino, kind: kind, size: info.size, modified: info.modified)
         case .symlink(let target): return Attributes(ino: ino, kind: kind, size: Int64(target.utf8.count), modified: 0)
         case .staged(let key):

@@ -194,21 +194,18 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 source = newer
                 continue
             }
-            enum Outcome { case published, staged(StagedFile), replaced(ObjectInfo) }
-            let outcome = try monitor.withLock { () throws(OverlayError) -> Outcome in
-                if let current = staged[key] { return .staged(current) }
-                if let newer = storedLocked(key), newer.etag != source.etag { return .replaced(newer) }
-                try publishLocked(file)
-                return .published
+            enum Outcome { case staged(StagedFile), replaced(ObjectInfo) }
+            let outcome = try published(file) { () -> Outcome? in
+                if let current = self.staged[key] { return .staged(current) }
+                if let newer = self.storedLocked(key), newer.etag != source.etag { return .replaced(newer) }
+                return nil
             }
             switch outcome {
-            case .published:
+            case nil:
                 return file
-            case .staged(let current):
-                dropUnpublished(file)
+            case .staged(let current)?:
                 return try openForWrite(current)
-            case .replaced(let newer):
-                dropUnpublished(file)
+            case .replaced(let newer)?:
                 source = newer
             }
         }
@@ -291,14 +288,19 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 throw error
             }
         }
-        let current = try monitor.withLock { () throws(OverlayError) -> StagedFile? in
-            guard staged[file.key] === file else { return staged[file.key] }
-            try publishLocked(copy)
+        enum Outcome { case published, staged(StagedFile), renamed }
+        let outcome = try published(copy) { () -> Outcome? in
+            if file.key != copy.key { return .renamed }
+            if let current = self.staged[copy.key], current !== file { return .staged(current) }
+            // Still the version, or its upload has just finished (the name is served from the store, with
+            // the bytes copied): the copy becomes the version.
             return nil
+        } ?? .published
+        switch outcome {
+        case .published: return copy
+        case .staged(let current): return try openForWrite(current, truncate: truncate)
+        case .renamed: return try openForWrite(file, truncate: truncate)
         }
-        guard let current else { return copy }
-        dropUnpublished(copy)
-        return try openForWrite(current, truncate: truncate)
     }
 
     /// A new, empty file in the staging directory for `key`, open for writing (one writer), not yet the
@@ -319,24 +321,31 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// Makes `file` its key's staged version, unless the key has one already: then `file` is dropped and
     /// that version opened for writing instead.
     private func publish(_ file: StagedFile, truncate: Bool) throws(OverlayError) -> StagedFile {
-        let current = try monitor.withLock { () throws(OverlayError) -> StagedFile? in
-            if let current = staged[file.key] { return current }
-            try publishLocked(file)
-            return nil
-        }
-        guard let current else { return file }
-        dropUnpublished(file)
+        guard let current = try published(file, unless: { self.staged[file.key] }) else { return file }
         return try openForWrite(current, truncate: truncate)
     }
 
-    /// Journals that this mount wrote `file`'s key and makes `file` its staged version, replacing any other.
-    /// Call with the monitor held.
-    private func publishLocked(_ file: StagedFile) throws(OverlayError) {
-        try journal.append([.written(file.key)])
-        written.insert(file.key)
-        if let old = staged[file.key] { discardLocked(old) }
-        staged[file.key] = file
-        insertLocked(file.key, .present(.staged(key: file.key)))
+    /// Makes `file` its key's staged version (replacing any other), journaled first, unless `refusal`
+    /// (called with the monitor held) gives a reason not to: then `file` is dropped and the reason returned.
+    private func published<Reason>(_ file: StagedFile, unless refusal: () -> Reason?) throws(OverlayError) -> Reason? {
+        do throws(OverlayError) {
+            // Journaled before the monitor is taken: its `fdatasync` must not hold up lookups. A record of
+            // a version that is then not published only says the mount wrote the name.
+            try journal.append([.written(file.key)])
+        } catch {
+            dropUnpublished(file)
+            throw error
+        }
+        let reason = monitor.withLock { () -> Reason? in
+            if let reason = refusal() { return reason }
+            written.insert(file.key)
+            if let old = staged[file.key] { discardLocked(old) }
+            staged[file.key] = file
+            insertLocked(file.key, .present(.staged(key: file.key)))
+            return nil
+        }
+        if reason != nil { dropUnpublished(file) }
+        return reason
     }
 
     /// Removes a file `makeFile` made that never became a staged version.
@@ -445,7 +454,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             let need = size - file.charged
             guard need > 0 else { return }
             while charged + need > configuration.stagingLimit {
-                guard !(pending.isEmpty && running.isEmpty) else {
+                // Only uploads that still get somewhere can free space (one failing for good never does).
+                guard !running.isEmpty || pending.contains(where: { $0.attempts < Self.attemptsBeforeReporting }) else {
                     throw OverlayError(path: configuration.directory, errno: ENOSPC)
                 }
                 monitor.wait()
@@ -544,6 +554,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         nextID += 2
         var records: [Journal.Record] = [.written(destination), .forgot(source)]
         if let queued { records.append(.done(queued)) }
+        // A running upload of the old name is not redone after a crash: the put below replaces it (and the
+        // delete, the object it may leave under the old name).
+        if let upload = file.upload, queued == nil, running[upload] != nil { records.append(.done(upload)) }
         if reupload {
             records.append(.put(id: putID, file: file.id, size: file.closed.size, checksum: file.closed.checksum, key: destination))
         }
@@ -611,7 +624,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             for operation in pending {
                 if operation.attempts >= Self.attemptsBeforeReporting || operation.keys.contains(where: stuck.contains) {
                     stuck.formUnion(operation.keys)
-                    if under(operation) && operation.attempts > 0 { failing += operation.keys }
+                    if under(operation) { failing += operation.keys }
                 } else if under(operation) {
                     waiting = true
                 }

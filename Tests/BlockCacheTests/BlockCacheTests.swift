@@ -137,7 +137,10 @@ import TestSupport
 
     @Test func aRelativePrivateDirectoryIsCreatedBelowTheCurrentDirectory() throws {
         let name = "ckptfs-relative-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        defer { _ = system("rm -rf './\(name)' '/\(name)'") }
+        defer {
+            ScratchDirectory.removeTree("./\(name)")
+            ScratchDirectory.removeTree("/\(name)")
+        }
         try PrivateDirectory.prepare(name + "/cache")
         var info = stat()
         #expect(stat("./\(name)/cache", &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR)
