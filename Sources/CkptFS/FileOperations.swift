@@ -62,6 +62,7 @@ extension FileSystem {
     /// backing file, the writer must use that very file: anything else fails with `EBUSY` before a byte
     /// changes (the kernel would refuse the open after the daemon had prepared it).
     private func openForWriting(_ file: StagedFile, ino: UInt64, truncate: Bool, overlay: Overlay) throws(FileError) -> StagedFile {
+        if namespace.detachedContent(of: ino) != nil { return overlay.openDetachedForWrite(file, truncate: truncate) }
         var held = passthrough.backingFiles(ino)
         if !held.isEmpty && (!held.contains { $0 === file } || overlay.copiesOnWrite(file)) {
             held = passthrough.waitForRelease(ino, seconds: Self.releaseWait)
@@ -246,7 +247,9 @@ extension FileSystem {
                 var file = current
                 if changesContent {
                     // As a writer would: a version that is uploading right now is left to its upload.
-                    file = try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current) }
+                    file = namespace.detachedContent(of: ino) != nil
+                        ? overlay.openDetachedForWrite(current, truncate: false)
+                        : try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current) }
                     try truncate(file, to: Int64(attr.st_size), overlay: overlay)
                 }
                 if changesTimes {

@@ -275,6 +275,21 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         return writer
     }
 
+    /// Opens for writing a staged file whose name was removed or replaced while it was open (it is no longer
+    /// any key's version and is never uploaded again): in place, whatever its uploads do.
+    public func openDetachedForWrite(_ file: StagedFile, truncate: Bool) -> StagedFile {
+        monitor.withLock {
+            file.writers += 1
+            file.generation += 1
+        }
+        if truncate {
+            ftruncate(file.file.fd, 0)
+            shrink(file, to: 0)
+            file.changes.add(1, ordering: .releasing)
+        }
+        return file
+    }
+
     /// A copy of `file`, which is uploading, that replaces it as its key's staged version, open for
     /// writing (empty with `truncate`). If another writer replaced `file` meanwhile, that version is opened.
     private func copyForWriting(_ file: StagedFile, truncate: Bool) throws(OverlayError) -> StagedFile {

@@ -116,3 +116,24 @@ def test_free_space_is_the_room_for_staged_files(mounter, bucket):
     assert 0 < usage.free <= usage.total <= 64 << 20
     read_only = mounter.mount(f"s3://{bucket}", args=["--read-only"]).mountpoint
     assert shutil.disk_usage(read_only).free == 0
+
+
+@pytest.mark.parametrize("args", [[], ["--staging-size", "1G"]], ids=["passthrough", "daemon"])
+def test_truncating_an_unlinked_open_file_leaves_the_new_file_of_its_name_alone(mounter, ckptfs_bin, moto_env, bucket, args):
+    root = mounter.mount(f"s3://{bucket}", args=args).mountpoint
+    path = root / "p/j/x.bin"
+    path.parent.mkdir(parents=True)
+    old = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(old, b"OLD-CONTENT")
+        os.fsync(old)
+        os.unlink(path)
+        path.write_bytes(b"NEW")
+        os.ftruncate(old, 3)
+        assert os.pread(old, 16, 0) == b"OLD"
+        assert os.fstat(old).st_size == 3
+    finally:
+        os.close(old)
+    assert path.read_bytes() == b"NEW"
+    sync(ckptfs_bin, moto_env, path)
+    assert path.read_bytes() == b"NEW"
