@@ -504,8 +504,15 @@ public final class Namespace: Sendable {
         case .file(let info): return Attributes(ino: ino, kind: kind, size: info.size, modified: info.modified)
         case .symlink(let target): return Attributes(ino: ino, kind: kind, size: Int64(target.utf8.count), modified: 0)
         case .staged(let key):
-            let staged = overlay?.stagedAttributes(key: key) ?? (0, 0)
-            return Attributes(ino: ino, kind: kind, size: staged.size, modified: staged.modified)
+            if let staged = overlay?.stagedAttributes(key: key) {
+                return Attributes(ino: ino, kind: kind, size: staged.size, modified: staged.modified)
+            }
+            // Uploaded since the caller resolved the kind: the object it became.
+            let (parent, name) = NameRules.split(key)
+            guard case .present(.file(let info))? = overlay?.change(in: parent, name: name) else {
+                return Attributes(ino: ino, kind: kind, size: 0, modified: 0)
+            }
+            return Attributes(ino: ino, kind: .file(info), size: info.size, modified: info.modified)
         }
     }
 
