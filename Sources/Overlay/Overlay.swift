@@ -379,9 +379,12 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     /// A writable handle was released: the last one queues the upload if the content changed since.
     public func releaseWriter(_ file: StagedFile) throws(OverlayError) {
+        // The time of its last write (the kernel's, for writes in passthrough), or the one set since.
+        var info = stat()
+        let modified = fstat(file.file.fd, &info) == 0 ? Int64(info.st_mtim.tv_sec) : Int64(time(nil))
         monitor.withLock {
             file.writers -= 1
-            file.modified = Int64(time(nil))
+            file.modified = modified
             // A version dropped while open (deleted, replaced) was written on through the open descriptor:
             // what that charged to the budget is returned with its last writer.
             if file.writers == 0 && staged[file.key] !== file { releaseChargeLocked(file) }
@@ -499,6 +502,10 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     /// Marks the modification time of a staged file (utimens).
     public func touch(_ file: StagedFile, modified: Int64) {
+        // On the staged file too: a writer's close takes the mtime from it (`cp -p` sets it before closing).
+        let omit = (1 << 30) - 2  // UTIME_OMIT: the access time stays
+        var times = [timespec(tv_sec: 0, tv_nsec: omit), timespec(tv_sec: Int(modified), tv_nsec: 0)]
+        _ = futimens(file.file.fd, &times)
         monitor.withLock { file.modified = modified }
     }
 

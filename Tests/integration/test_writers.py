@@ -137,3 +137,17 @@ def test_truncating_an_unlinked_open_file_leaves_the_new_file_of_its_name_alone(
     assert path.read_bytes() == b"NEW"
     sync(ckptfs_bin, moto_env, path)
     assert path.read_bytes() == b"NEW"
+
+
+@pytest.mark.parametrize("args", [[], ["--staging-size", "1G"]], ids=["passthrough", "daemon"])
+def test_a_modification_time_set_before_close_is_kept(mounter, ckptfs_bin, moto_env, bucket, args, tmp_path):
+    original = tmp_path / "original.bin"
+    original.write_bytes(os.urandom(100_000))
+    os.utime(original, (1_600_000_000, 1_600_000_000))
+    root = mounter.mount(f"s3://{bucket}", args=args).mountpoint
+    (root / "p/j").mkdir(parents=True)
+    copied = root / "p/j/copied.bin"
+    subprocess.run(["cp", "-p", original, copied], check=True, timeout=60)  # writes, sets the times, closes
+    assert os.stat(copied).st_mtime == 1_600_000_000
+    sync(ckptfs_bin, moto_env, copied)
+    assert os.stat(copied).st_mtime == 1_600_000_000
