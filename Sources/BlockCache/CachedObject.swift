@@ -411,10 +411,7 @@ public final class CachedObject: @unchecked Sendable {
         pacedFetches += 1
         defer { pacedFetches -= 1 }
         while index > frontier + Self.leadBlocks {
-            var now = timespec()
-            clock_gettime(CLOCK_REALTIME, &now)
-            let deadline = timespec(tv_sec: now.tv_sec + Int(Self.paceTimeout), tv_nsec: now.tv_nsec)
-            guard monitor.wait(frontierAdvanced, until: deadline) || index <= frontier + Self.leadBlocks else {
+            guard monitor.wait(frontierAdvanced, until: Monitor.deadline(after: Self.paceTimeout)) || index <= frontier + Self.leadBlocks else {
                 return false
             }
         }

@@ -31,6 +31,20 @@ public final class Monitor: @unchecked Sendable {
         return pthread_cond_timedwait(condition, mutex, &deadline) != ETIMEDOUT
     }
 
+    /// `CLOCK_REALTIME` now, in seconds (the clock of the timed waits).
+    public static func now() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+
+    /// The `CLOCK_REALTIME` deadline `seconds` from now, for the timed waits.
+    public static func deadline(after seconds: Double) -> timespec {
+        let at = now() + max(0, seconds)
+        let whole = at.rounded(.down)
+        return timespec(tv_sec: Int(whole), tv_nsec: Int((at - whole) * 1e9))
+    }
+
     /// Wakes one waiter.
     public func signal() { pthread_cond_signal(condition) }
 

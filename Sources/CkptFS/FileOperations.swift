@@ -58,10 +58,14 @@ extension FileSystem {
         }
     }
 
-    /// Opens the staged `file` of inode `ino` for writing. While the kernel serves the inode from a
-    /// backing file, the writer must use that very file: anything else fails with `EBUSY` before a byte
-    /// changes (the kernel would refuse the open after the daemon had prepared it).
-    private func openForWriting(_ file: StagedFile, ino: UInt64, truncate: Bool, overlay: Overlay) throws(FileError) -> StagedFile {
+    /// Opens the staged `file` of inode `ino` (nil: one the kernel does not know yet) for writing. While
+    /// the kernel serves the inode from a backing file, the writer must use that very file: anything else
+    /// fails with `EBUSY` before a byte changes (the kernel would refuse the open after the daemon had
+    /// prepared it).
+    private func openForWriting(_ file: StagedFile, ino: UInt64?, truncate: Bool, overlay: Overlay) throws(FileError) -> StagedFile {
+        guard let ino else {
+            return try overlayCall { () throws(OverlayError) in try overlay.openForWrite(file, truncate: truncate) }
+        }
         if namespace.detachedContent(of: ino) != nil { return overlay.openDetachedForWrite(file, truncate: truncate) }
         var held = passthrough.backingFiles(ino)
         if !held.isEmpty && (!held.contains { $0 === file } || overlay.copiesOnWrite(file)) {
@@ -86,14 +90,9 @@ extension FileSystem {
         _ key: String, _ info: ObjectInfo, ino: UInt64?, truncate: Bool, overlay: Overlay
     ) throws(FileError) -> StagedFile {
         if let current = overlay.stagedFile(key) {
-            guard let ino else {
-                return try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current, truncate: truncate) }
-            }
             return try openForWriting(current, ino: ino, truncate: truncate, overlay: overlay)
         }
-        if let ino, !passthrough.backingFiles(ino).isEmpty, !passthrough.waitForRelease(ino, seconds: Self.releaseWait).isEmpty {
-            throw FileError(EBUSY)
-        }
+        if let ino, !passthrough.waitForRelease(ino, seconds: Self.releaseWait).isEmpty { throw FileError(EBUSY) }
         return try overlayCall { () throws(OverlayError) in
             truncate ? try overlay.create(key) : try overlay.copyUp(key, from: info)
         }
@@ -112,7 +111,7 @@ extension FileSystem {
             switch Self.handle(fi).content {
             case .remote(let handle):
                 let prefetch = handle.window.withLock { $0.record(offset: offset, length: Int64(size)) }
-                let reply = { (bytes: UnsafeRawBufferPointer) in _ = fuse_reply_buf(req, bytes.baseAddress, bytes.count) }
+                func reply(_ bytes: UnsafeRawBufferPointer) { fuse_reply_buf(req, bytes.baseAddress, bytes.count) }
                 do throws(StoreError) {
                     do throws(StoreError) {
                         try handle.object.read(offset: offset, count: size, prefetch: prefetch, scratch: base, deliver: reply)
@@ -177,11 +176,8 @@ extension FileSystem {
                 file = try openStored(key, info, ino: namespace.knownIno(parent: parent, name: name), truncate: flags & O_TRUNC != 0, overlay: overlay)
             case .staged(let stagedKey):
                 guard let current = overlay.stagedFile(stagedKey) else { throw FileError(ENOENT) }
-                if let ino = namespace.knownIno(parent: parent, name: name) {
-                    file = try openForWriting(current, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay)
-                } else {
-                    file = try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current, truncate: flags & O_TRUNC != 0) }
-                }
+                file = try openForWriting(
+                    current, ino: namespace.knownIno(parent: parent, name: name), truncate: flags & O_TRUNC != 0, overlay: overlay)
             case nil:
                 file = try overlayCall { () throws(OverlayError) in try overlay.create(key, truncate: flags & O_TRUNC != 0) }
             }

@@ -65,17 +65,16 @@ final class Passthrough: Sendable {
     /// Waits up to `seconds` until inode `ino` has no backing file, and returns the ones left. A handle
     /// the kernel has just closed still holds its backing here until its RELEASE arrives, right after.
     func waitForRelease(_ ino: UInt64, seconds: Double) -> [StagedFile] {
-        var deadline = timespec()
-        clock_gettime(CLOCK_REALTIME, &deadline)
-        let nanoseconds = Int(deadline.tv_nsec) + Int(seconds * 1e9)
-        deadline.tv_sec += nanoseconds / 1_000_000_000
-        deadline.tv_nsec = nanoseconds % 1_000_000_000
+        let deadline = Monitor.deadline(after: seconds)
         released.lock()
         defer { released.unlock() }
-        while true {
-            let held = backingFiles(ino)
-            if held.isEmpty || !released.wait(until: deadline) { return held.isEmpty ? held : backingFiles(ino) }
+        var held = backingFiles(ino)
+        while !held.isEmpty {
+            let signalled = released.wait(until: deadline)
+            held = backingFiles(ino)
+            if !signalled { break }
         }
+        return held
     }
 
     /// Decides how a new open of inode `ino` is served. `staged` is the staged file the open would use

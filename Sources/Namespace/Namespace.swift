@@ -158,18 +158,19 @@ public final class Namespace: Sendable {
     /// inode recorded when it was looked up; nil once its name was unlinked or replaced (the inode is
     /// detached: its name may stand for another file).
     public func currentKind(of ino: UInt64) throws(NamespaceError) -> EntryKind? {
-        guard let inode = table.withLock({ table in table.inodes[ino].map { ($0.parent, $0.name, $0.detached) } }) else {
-            throw .notFound
-        }
-        return inode.2 ? nil : try kind(parent: inode.0, name: inode.1)
+        let inode = try self.inode(ino)
+        return inode.detached ? nil : try kind(parent: inode.parent, name: inode.name)
     }
 
     /// The key inode `ino` names (its directory's prefix and its name).
     public func key(of ino: UInt64) throws(NamespaceError) -> String {
-        guard let (parent, name) = table.withLock({ table in table.inodes[ino].map { ($0.parent, $0.name) } }) else {
-            throw .notFound
-        }
-        return try directoryPrefix(parent) + name
+        let inode = try self.inode(ino)
+        return try directoryPrefix(inode.parent) + inode.name
+    }
+
+    private func inode(_ ino: UInt64) throws(NamespaceError) -> Inode {
+        guard let inode = table.withLock({ $0.inodes[ino] }) else { throw .notFound }
+        return inode
     }
 
     /// The inode the kernel knows `name` in directory `parent` by, if it has one.
@@ -407,7 +408,7 @@ public final class Namespace: Sendable {
     private func listing(_ prefix: String) throws(NamespaceError) -> Listing {
         let now = Self.monotonicSeconds()
         let key = ExactString(prefix)
-        if let cached = listings.withLock({ $0[key] }), now - cached.fetchedAt < configuration.metadataTTL {
+        if let cached = listings.withLock({ $0[key] }), isFresh(cached, now: now) {
             return cached
         }
         let (flight, leads) = flights.withLock { flights -> (ListingFlight, Bool) in
@@ -425,6 +426,11 @@ public final class Namespace: Sendable {
         flights.withLock { _ = $0.removeValue(forKey: key) }
         flight.finish(result)
         return try result.get()
+    }
+
+    /// Whether `listing` is younger than `--metadata-ttl` at monotonic time `now`.
+    private func isFresh(_ listing: Listing, now: Double) -> Bool {
+        now - listing.fetchedAt < configuration.metadataTTL
     }
 
     /// Fetches `prefix` and stores the listings it yields (its subtree's too, for a project).
@@ -495,11 +501,9 @@ public final class Namespace: Sendable {
             // The kernel keeps a directory's READDIR results until its mtime changes. Once the listing
             // has expired the mtime is the current time, so the next `ls` reads the directory again (and
             // with it fetches a fresh listing), without a fetch here.
-            let listing = listings.withLock { $0[ExactString(prefix)].map { ($0.changedAt, $0.fetchedAt) } }
-            var modified = listing?.0 ?? 0
-            if let fetchedAt = listing?.1, Self.monotonicSeconds() - fetchedAt >= configuration.metadataTTL {
-                modified = Int64(time(nil))
-            }
+            let listing = listings.withLock { $0[ExactString(prefix)] }
+            var modified = listing?.changedAt ?? 0
+            if let listing, !isFresh(listing, now: Self.monotonicSeconds()) { modified = Int64(time(nil)) }
             return Attributes(ino: ino, kind: kind, size: 0, modified: modified)
         case .file(let info): return Attributes(ino: ino, kind: kind, size: info.size, modified: info.modified)
         case .symlink(let target): return Attributes(ino: ino, kind: kind, size: Int64(target.utf8.count), modified: 0)
@@ -507,12 +511,12 @@ public final class Namespace: Sendable {
             if let staged = overlay?.stagedAttributes(key: key) {
                 return Attributes(ino: ino, kind: kind, size: staged.size, modified: staged.modified)
             }
-            // Uploaded since the caller resolved the kind: the object it became.
+            // Uploaded since the caller resolved the kind: what it became (as `resolve` follows it).
             let (parent, name) = NameRules.split(key)
-            guard case .present(.file(let info))? = overlay?.change(in: parent, name: name) else {
+            guard case .present(let current)? = overlay?.change(in: parent, name: name), current != kind else {
                 return Attributes(ino: ino, kind: kind, size: 0, modified: 0)
             }
-            return Attributes(ino: ino, kind: .file(info), size: info.size, modified: info.modified)
+            return attributes(ino, current)
         }
     }
 

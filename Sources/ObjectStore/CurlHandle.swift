@@ -211,19 +211,22 @@ extension CurlHandle.Transfer {
     /// `Content-Range` starts at the offset asked for, or a 200 (the whole object) when that offset is 0.
     /// A server or proxy may ignore `Range`; serving those bytes as the range's would be wrong data.
     func rangeProblem(_ range: Range<Int64>) -> String? {
-        switch response.status {
-        case 206:
-            let value = response.headers["content-range"] ?? ""
-            let first = value.split(separator: " ").last?.split(separator: "-").first.flatMap { Int64($0) }
-            guard value.hasPrefix("bytes "), first == range.lowerBound else {
-                return "GET of bytes \(range.lowerBound)-\(range.upperBound - 1) answered with Content-Range '\(value)'"
-            }
-            return nil
-        case 200 where range.lowerBound == 0:
-            return nil
-        default:
+        guard Self.carriesRange(status: response.status, from: range.lowerBound) else {
             return "GET of bytes \(range.lowerBound)-\(range.upperBound - 1) answered with HTTP \(response.status) instead of 206"
         }
+        guard response.status == 206 else { return nil }
+        let value = response.headers["content-range"] ?? ""
+        let first = value.split(separator: " ").last?.split(separator: "-").first.flatMap { Int64($0) }
+        guard value.hasPrefix("bytes "), first == range.lowerBound else {
+            return "GET of bytes \(range.lowerBound)-\(range.upperBound - 1) answered with Content-Range '\(value)'"
+        }
+        return nil
+    }
+
+    /// Whether an answer with HTTP `status` can hold a range from `offset`: a 206, or a 200 (the whole
+    /// object) when the range starts at 0.
+    static func carriesRange(status: Int, from offset: Int64) -> Bool {
+        status == 206 || (status == 200 && offset == 0)
     }
 }
 

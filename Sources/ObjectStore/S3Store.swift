@@ -104,7 +104,7 @@ public final class S3Store: ObjectStore {
                 delivered += transfer.delivered
                 if let error = transfer.callbackError { throw error }
                 let failure: StoreError
-                let answered = transfer.response.status == 206 || (transfer.response.status == 200 && remaining.lowerBound == 0)
+                let answered = CurlHandle.Transfer.carriesRange(status: transfer.response.status, from: remaining.lowerBound)
                 if (code == CURLE_OK || transfer.stoppedAtEnd) && answered {
                     if delivered == Int64(range.count) { return }
                     failure = .transport(operation: "GetObject '\(key)'", detail: "connection closed after \(delivered) of \(range.count) bytes")

@@ -267,11 +267,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             }
         }
         let writer = uploading ? try copyForWriting(file, truncate: truncate) : file
-        if truncate {
-            ftruncate(writer.file.fd, 0)
-            shrink(writer, to: 0)
-            writer.changes.add(1, ordering: .releasing)
-        }
+        if truncate { empty(writer) }
         return writer
     }
 
@@ -282,12 +278,15 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             file.writers += 1
             file.generation += 1
         }
-        if truncate {
-            ftruncate(file.file.fd, 0)
-            shrink(file, to: 0)
-            file.changes.add(1, ordering: .releasing)
-        }
+        if truncate { empty(file) }
         return file
+    }
+
+    /// Truncates a file opened for writing to 0 bytes (`O_TRUNC`).
+    private func empty(_ file: StagedFile) {
+        ftruncate(file.file.fd, 0)
+        shrink(file, to: 0)
+        file.changes.add(1, ordering: .releasing)
     }
 
     /// A copy of `file`, which is uploading, that replaces it as its key's staged version, open for
@@ -658,9 +657,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     /// Waits up to `timeout` seconds for every queued operation to finish; returns how many are left.
     public func drain(timeout: Double) -> Int {
-        var deadline = timespec()
-        clock_gettime(CLOCK_REALTIME, &deadline)
-        deadline.tv_sec += Int(timeout)
+        let deadline = Monitor.deadline(after: timeout)
         monitor.lock()
         defer { monitor.unlock() }
         while !(pending.isEmpty && running.isEmpty) {
@@ -697,7 +694,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             while index == nil {
                 // The first operation none of whose keys is busy or used by an earlier queued one (which
                 // keeps the operations on each key in order, also while one of them waits to be retried).
-                let now = Self.now()
+                let now = Monitor.now()
                 var retry = Double.infinity
                 let busy = Set(running.values.flatMap(\.keys))
                 var earlier = Set<String>()
@@ -713,7 +710,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 }
                 if index == nil {
                     if retry.isFinite {
-                        _ = monitor.wait(until: timespec(tv_sec: Int(retry), tv_nsec: Int(retry.truncatingRemainder(dividingBy: 1) * 1e9)))
+                        _ = monitor.wait(until: Monitor.deadline(after: retry - now))
                     } else {
                         monitor.wait()
                     }
@@ -733,7 +730,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 if staged[file.key] !== file && !pending.contains(where: { $0.uploads(file) }) { Glibc.unlink(file.path) }
             } else if let error {
                 operation.lastError = error.description
-                operation.retryAt = Self.now() + Double(min(30_000, 250 << min(operation.attempts, 7))) / 1000
+                operation.retryAt = Monitor.now() + Double(min(30_000, 250 << min(operation.attempts, 7))) / 1000
                 logger.warning("upload operation failed; will retry", metadata: ["keys": "\(operation.keys)", "error": "\(error)"])
                 // Back in its place: the operations queued after it on the same keys wait for it.
                 pending.insert(operation, at: pending.firstIndex { $0.id > operation.id } ?? pending.endIndex)
@@ -741,13 +738,6 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             monitor.unlock()
             monitor.broadcast()
         }
-    }
-
-    /// `CLOCK_REALTIME` in seconds (the clock of `Monitor`'s timed waits).
-    private static func now() -> Double {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 
     /// Runs one operation against the store and records it done. Returns the failure, if any.

@@ -18,13 +18,7 @@ enum SyncProgress {
         let showing = isatty(2) != 0
         var printed = false
         while true {
-            var deadline = timespec()
-            clock_gettime(CLOCK_REALTIME, &deadline)
-            deadline.tv_nsec += 500_000_000
-            if deadline.tv_nsec >= 1_000_000_000 {
-                deadline.tv_sec += 1
-                deadline.tv_nsec -= 1_000_000_000
-            }
+            let deadline = Monitor.deadline(after: 0.5)
             let finished: String?? = done.withLock {
                 if let result = answer.withLock({ $0 }) { return result }
                 _ = done.wait(until: deadline)
