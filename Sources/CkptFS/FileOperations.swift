@@ -135,7 +135,7 @@ extension FileSystem {
 
     /// The object inode `ino` names now, if it is another one than `object` (a rename's copy of it).
     private func movedObject(_ ino: UInt64, from object: CachedObject) -> ObjectInfo? {
-        guard case .file(let info)? = try? namespace.currentKind(of: ino), info.key != object.key else { return nil }
+        guard case .file(let info)? = try? namespace.currentKind(of: ino), ExactString(info.key) != ExactString(object.key) else { return nil }
         return info
     }
 

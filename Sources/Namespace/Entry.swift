@@ -24,8 +24,8 @@ public enum OverlayChange: Sendable, Equatable {
 public protocol NamespaceOverlay: Sendable {
     /// The change to `name` in the directory `prefix`, if any.
     func change(in prefix: String, name: String) -> OverlayChange?
-    /// Every change in the directory `prefix`.
-    func changes(in prefix: String) -> [String: OverlayChange]
+    /// Every change in the directory `prefix`, by name (compared by bytes, as the kernel compares names).
+    func changes(in prefix: String) -> [ExactString: OverlayChange]
     /// Size and modification time of a staged file.
     func stagedAttributes(key: String) -> (size: Int64, modified: Int64)?
 }

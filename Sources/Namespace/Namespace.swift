@@ -290,10 +290,10 @@ public final class Namespace: Sendable {
 
     /// The store's entries with the overlay's changes applied, unordered. A change whose name no file can
     /// have (one holding `/`) is left out: the kernel refuses a whole READDIR reply for one such entry.
-    private func merge(_ remote: [DirEntry], _ changes: [String: OverlayChange]) -> [DirEntry] {
-        var merged = remote.filter { changes[$0.name] == nil }
-        for (name, change) in changes where NameRules.isValid(name) {
-            if case .present(let kind) = change { merged.append(DirEntry(name: name, kind: kind)) }
+    private func merge(_ remote: [DirEntry], _ changes: [ExactString: OverlayChange]) -> [DirEntry] {
+        var merged = remote.filter { changes[ExactString($0.name)] == nil }
+        for (name, change) in changes where NameRules.isValid(name.string) {
+            if case .present(let kind) = change { merged.append(DirEntry(name: name.string, kind: kind)) }
         }
         return merged
     }

@@ -53,11 +53,12 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             if case .put(let other, _, _) = kind { other === file } else { false }
         }
 
-        var keys: [String] {
+        /// The keys it changes, compared by their bytes.
+        var keys: [ExactString] {
             switch kind {
-            case .put(_, let key, _): return [key]
-            case .delete(let key): return [key]
-            case .copy(let source, let destination): return [source, destination]
+            case .put(_, let key, _): return [ExactString(key)]
+            case .delete(let key): return [ExactString(key)]
+            case .copy(let source, let destination): return [ExactString(source), ExactString(destination)]
             }
         }
     }
@@ -87,11 +88,11 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     // Guarded by `monitor`.
     private let monitor = Monitor()
-    private var tree: [String: [String: OverlayChange]] = [:]
-    private var staged: [String: StagedFile] = [:]
-    private var written: Set<String> = []
+    private var tree: [ExactString: [ExactString: OverlayChange]] = [:]
+    private var staged: [ExactString: StagedFile] = [:]
+    private var written: Set<ExactString> = []
     /// Keys this daemon has put into the store (listings may not show them yet).
-    private var uploadedKeys: Set<String> = []
+    private var uploadedKeys: Set<ExactString> = []
     private var pending: [Operation] = []
     private var running: [UInt64: Operation] = [:]
     private var nextID: UInt64 = 1
@@ -120,15 +121,15 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     // MARK: NamespaceOverlay
 
     public func change(in prefix: String, name: String) -> OverlayChange? {
-        monitor.withLock { tree[prefix]?[name] }
+        monitor.withLock { tree[ExactString(prefix)]?[ExactString(name)] }
     }
 
-    public func changes(in prefix: String) -> [String: OverlayChange] {
-        monitor.withLock { tree[prefix] ?? [:] }
+    public func changes(in prefix: String) -> [ExactString: OverlayChange] {
+        monitor.withLock { tree[ExactString(prefix)] ?? [:] }
     }
 
     public func stagedAttributes(key: String) -> (size: Int64, modified: Int64)? {
-        guard let file = monitor.withLock({ staged[key] }) else { return nil }
+        guard let file = monitor.withLock({ staged[ExactString(key)] }) else { return nil }
         return (file.size, file.modified)
     }
 
@@ -136,7 +137,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     /// Whether this mount wrote `key` (it may then rewrite, rename or delete it without extra flags).
     public func wrote(_ key: String) -> Bool {
-        monitor.withLock { written.contains(key) || staged[key] != nil }
+        monitor.withLock { written.contains(ExactString(key)) || staged[ExactString(key)] != nil }
     }
 
     /// Room for staged files, in bytes: the staging file system's size and free space (for unprivileged
@@ -164,7 +165,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     /// The staged file behind `key`, if any.
     public func stagedFile(_ key: String) -> StagedFile? {
-        monitor.withLock { staged[key] }
+        monitor.withLock { staged[ExactString(key)] }
     }
 
     /// Creates an empty staged file for `key` and opens it for writing. If the key has a staged version
@@ -196,7 +197,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             }
             enum Outcome { case staged(StagedFile), replaced(ObjectInfo) }
             let outcome = try published(file) { () -> Outcome? in
-                if let current = self.staged[key] { return .staged(current) }
+                if let current = self.staged[ExactString(key)] { return .staged(current) }
                 if let newer = self.storedLocked(key), newer.etag != source.etag { return .replaced(newer) }
                 return nil
             }
@@ -234,8 +235,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// The object in the store this mount last uploaded (or renamed) as `key`, if it recorded one. Call
     /// with the monitor held.
     private func storedLocked(_ key: String) -> ObjectInfo? {
-        let (parent, name) = NameRules.split(key)
-        if case .present(.file(let info)) = tree[parent]?[name] { return info }
+        if case .present(.file(let info)) = changeLocked(key) { return info }
         return nil
     }
 
@@ -304,8 +304,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
         enum Outcome { case published, staged(StagedFile), renamed }
         let outcome = try published(copy) { () -> Outcome? in
-            if file.key != copy.key { return .renamed }
-            if let current = self.staged[copy.key], current !== file { return .staged(current) }
+            if ExactString(file.key) != ExactString(copy.key) { return .renamed }
+            if let current = self.staged[ExactString(copy.key)], current !== file { return .staged(current) }
             // Still the version, or its upload has just finished (the name is served from the store, with
             // the bytes copied): the copy becomes the version.
             return nil
@@ -335,7 +335,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// Makes `file` its key's staged version, unless the key has one already: then `file` is dropped and
     /// that version opened for writing instead.
     private func publish(_ file: StagedFile, truncate: Bool) throws(OverlayError) -> StagedFile {
-        guard let current = try published(file, unless: { self.staged[file.key] }) else { return file }
+        guard let current = try published(file, unless: { self.staged[ExactString(file.key)] }) else { return file }
         return try openForWrite(current, truncate: truncate)
     }
 
@@ -352,9 +352,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
         let reason = monitor.withLock { () -> Reason? in
             if let reason = refusal() { return reason }
-            written.insert(file.key)
-            if let old = staged[file.key] { discardLocked(old) }
-            staged[file.key] = file
+            written.insert(ExactString(file.key))
+            if let old = staged[ExactString(file.key)] { discardLocked(old) }
+            staged[ExactString(file.key)] = file
             insertLocked(file.key, .present(.staged(key: file.key)))
             return nil
         }
@@ -386,7 +386,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             file.modified = modified
             // A version dropped while open (deleted, replaced) was written on through the open descriptor:
             // what that charged to the budget is returned with its last writer.
-            if file.writers == 0 && staged[file.key] !== file { releaseChargeLocked(file) }
+            if file.writers == 0 && staged[ExactString(file.key)] !== file { releaseChargeLocked(file) }
         }
         monitor.broadcast()
         try enqueueUpload(file, writers: 0)
@@ -401,14 +401,14 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private func enqueueUpload(_ file: StagedFile, writers: Int) throws(OverlayError) {
         let (due, generation, changes) = monitor.withLock { () -> (Bool, UInt64, UInt64) in
             let changes = file.changes.load(ordering: .acquiring)
-            let due = file.writers == writers && staged[file.key] === file && (file.upload == nil || changes != file.queuedChanges)
+            let due = file.writers == writers && staged[ExactString(file.key)] === file && (file.upload == nil || changes != file.queuedChanges)
             return (due, file.generation, changes)
         }
         guard due else { return }
         let size = file.size
         let checksum = file.runningChecksum(size: size)
         let queued = try monitor.withLock { () throws(OverlayError) -> Bool in
-            guard file.writers == writers, file.generation == generation, staged[file.key] === file,
+            guard file.writers == writers, file.generation == generation, staged[ExactString(file.key)] === file,
                 file.changes.load(ordering: .acquiring) == changes
             else { return false }
             let id = nextID
@@ -520,7 +520,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// before their deletes have run), and a directory made again under the name must not.
     public func rmdir(_ prefix: String, existsRemotely: Bool) {
         monitor.withLock {
-            let (parent, name) = NameRules.split(String(prefix.dropLast()))
+            let (parent, name) = Self.split(String(prefix.dropLast()))
             if existsRemotely {
                 tree[parent, default: [:]][name] = .removed
             } else {
@@ -536,11 +536,12 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         try monitor.withLock { () throws(OverlayError) in
             let id = nextID
             nextID += 1
-            let inStore = existsRemotely || uploadedKeys.contains(key) || running.values.contains { $0.keys.contains(key) }
+            let exact = ExactString(key)
+            let inStore = existsRemotely || uploadedKeys.contains(exact) || running.values.contains { $0.keys.contains(exact) }
             try journal.append([.forgot(key)] + (inStore ? [.delete(id: id, key: key)] : []))
-            written.remove(key)
-            if let file = staged.removeValue(forKey: key) { discardLocked(file) }
-            let (parent, name) = NameRules.split(key)
+            written.remove(exact)
+            if let file = staged.removeValue(forKey: exact) { discardLocked(file) }
+            let (parent, name) = Self.split(key)
             if inStore {
                 tree[parent, default: [:]][name] = .removed
                 pending.append(Operation(id: id, kind: .delete(key)))
@@ -557,8 +558,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// (reads of the destination are served from it until the copy has run). One critical section.
     public func rename(_ source: String, to destination: String, sourceInStore: Bool, sourceInfo: ObjectInfo? = nil) throws(OverlayError) {
         try monitor.withLock { () throws(OverlayError) in
-            let inStore = sourceInStore || uploadedKeys.contains(source) || running.values.contains { $0.keys.contains(source) }
-            if let file = staged[source] {
+            let exact = ExactString(source)
+            let inStore = sourceInStore || uploadedKeys.contains(exact) || running.values.contains { $0.keys.contains(exact) }
+            if let file = staged[exact] {
                 try renameStagedLocked(file, to: destination, deleteSource: inStore)
             } else {
                 try renameStoredLocked(source, to: destination, sourceInfo: sourceInfo)
@@ -583,13 +585,13 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
         if deleteSource { records.append(.delete(id: deleteID, key: source)) }
         try journal.append(records)
-        written.remove(source)
-        written.insert(destination)
-        staged.removeValue(forKey: source)
-        if let old = staged[destination] { discardLocked(old) }
+        written.remove(ExactString(source))
+        written.insert(ExactString(destination))
+        staged.removeValue(forKey: ExactString(source))
+        if let old = staged[ExactString(destination)] { discardLocked(old) }
         file.key = destination
-        staged[destination] = file
-        let (parent, name) = NameRules.split(source)
+        staged[ExactString(destination)] = file
+        let (parent, name) = Self.split(source)
         tree[parent]?.removeValue(forKey: name)
         insertLocked(destination, .present(.staged(key: destination)))
         if let queued { pending.removeAll { $0.id == queued } }
@@ -610,10 +612,10 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             .written(destination), .forgot(source),
             .copy(id: copyID, source: source, destination: destination), .delete(id: deleteID, key: source),
         ])
-        written.insert(destination)
-        written.remove(source)
-        if let old = staged.removeValue(forKey: destination) { discardLocked(old) }
-        let (parent, name) = NameRules.split(source)
+        written.insert(ExactString(destination))
+        written.remove(ExactString(source))
+        if let old = staged.removeValue(forKey: ExactString(destination)) { discardLocked(old) }
+        let (parent, name) = Self.split(source)
         if case .present(.file(let info)) = tree[parent]?[name] {
             insertLocked(destination, .present(.file(info)))
         } else if let sourceInfo {
@@ -631,7 +633,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     public func sync(prefix: String) -> [String] {
         monitor.lock()
         defer { monitor.unlock() }
-        func under(_ operation: Operation) -> Bool { operation.keys.contains { $0.utf8.starts(with: prefix.utf8) } }
+        func under(_ operation: Operation) -> Bool { operation.keys.contains { $0.string.utf8.starts(with: prefix.utf8) } }
         while true {
             guard running.values.allSatisfy({ !under($0) }) else {
                 monitor.wait()
@@ -639,13 +641,13 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             }
             // Failing for good: an operation that failed often, and any queued after it on one of its keys
             // (which waits for it).
-            var stuck = Set<String>()
+            var stuck = Set<ExactString>()
             var failing: [String] = []
             var waiting = false
             for operation in pending {
                 if operation.attempts >= Self.attemptsBeforeReporting || operation.keys.contains(where: stuck.contains) {
                     stuck.formUnion(operation.keys)
-                    if under(operation) { failing += operation.keys }
+                    if under(operation) { failing += operation.keys.map(\.string) }
                 } else if under(operation) {
                     waiting = true
                 }
@@ -678,7 +680,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             }
             status.inFlight = running.count
             for operation in pending + running.values {
-                if let error = operation.lastError { status.failing.append((operation.keys.joined(separator: " -> "), error)) }
+                if let error = operation.lastError { status.failing.append((operation.keys.map(\.string).joined(separator: " -> "), error)) }
             }
             status.stagedFiles = staged.count
             status.stagedBytes = staged.values.reduce(0) { $0 + $1.size }
@@ -697,7 +699,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 let now = Monitor.now()
                 var retry = Double.infinity
                 let busy = Set(running.values.flatMap(\.keys))
-                var earlier = Set<String>()
+                var earlier = Set<ExactString>()
                 for (position, operation) in pending.enumerated() {
                     if operation.keys.allSatisfy({ !busy.contains($0) && !earlier.contains($0) }) {
                         if operation.retryAt <= now {
@@ -727,7 +729,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             if error != nil, case .put(let file, _, _) = operation.kind, file.upload != operation.id {
                 // The version it uploaded was dropped or written again meanwhile: nothing to retry.
                 try? journal.append([.done(operation.id)])
-                if staged[file.key] !== file && !pending.contains(where: { $0.uploads(file) }) { Glibc.unlink(file.path) }
+                if staged[ExactString(file.key)] !== file && !pending.contains(where: { $0.uploads(file) }) { Glibc.unlink(file.path) }
             } else if let error {
                 operation.lastError = error.description
                 operation.retryAt = Monitor.now() + Double(min(30_000, 250 << min(operation.attempts, 7))) / 1000
@@ -750,14 +752,13 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 return nil
             case .delete(let key):
                 try store.delete(key: key)
-                monitor.withLock { _ = uploadedKeys.remove(key) }
+                monitor.withLock { _ = uploadedKeys.remove(ExactString(key)) }
             case .copy(let source, let destination):
                 let etag = try store.copy(from: source, to: destination)
                 // Until now the destination was read from the source object; from here on from the copy.
                 monitor.withLock {
-                    uploadedKeys.insert(destination)
-                    let (parent, name) = NameRules.split(destination)
-                    if case .present(.file(let old)) = tree[parent]?[name], old.key == source {
+                    uploadedKeys.insert(ExactString(destination))
+                    if case .present(.file(let old)) = changeLocked(destination), ExactString(old.key) == ExactString(source) {
                         insertLocked(destination, .present(.file(ObjectInfo(key: destination, size: old.size, modified: old.modified, etag: etag))))
                     }
                 }
@@ -773,18 +774,18 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private func finishUpload(_ file: StagedFile, id: UInt64, info: ObjectInfo) {
         try? journal.append([.done(id)])
         monitor.withLock {
-            uploadedKeys.insert(info.key)
-            guard file.upload == id, file.key == info.key else {
+            uploadedKeys.insert(ExactString(info.key))
+            guard file.upload == id, ExactString(file.key) == ExactString(info.key) else {
                 // Dropped (rewritten, deleted or renamed over) while this upload ran: nothing refers to the
                 // staged file any more, so it goes now (writers still holding it keep their descriptor).
-                if staged[file.key] !== file && !pending.contains(where: { $0.uploads(file) }) {
+                if staged[ExactString(file.key)] !== file && !pending.contains(where: { $0.uploads(file) }) {
                     Glibc.unlink(file.path)
                 }
                 return
             }
             file.upload = nil
-            guard file.writers == 0, staged[file.key] === file else { return }
-            staged.removeValue(forKey: file.key)
+            guard file.writers == 0, staged[ExactString(file.key)] === file else { return }
+            staged.removeValue(forKey: ExactString(file.key))
             insertLocked(file.key, .present(.file(info)))
             Glibc.unlink(file.path)
             releaseChargeLocked(file)
@@ -804,8 +805,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         for record in records {
             switch record {
             case .boot(let id): boot = id
-            case .written(let key): written.insert(key)
-            case .forgot(let key): written.remove(key)
+            case .written(let key): written.insert(ExactString(key))
+            case .forgot(let key): written.remove(ExactString(key))
             case .put(let id, let file, let size, let checksum, let key): puts[id] = (file, size, checksum, boot, key)
             case .checksum(let id, let checksum): puts[id]?.checksum = checksum
             case .delete(let id, let key): others.append((id, .delete(key)))
@@ -817,13 +818,13 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             }
             nextID = max(nextID, Self.largestID(in: record) + 1)
         }
-        var rewritten: [Journal.Record] = [.boot(configuration.bootID)] + written.sorted().map { .written($0) }
+        var rewritten: [Journal.Record] = [.boot(configuration.bootID)] + written.sorted().map { .written($0.string) }
         var claimed = Set<String>()
         var operations: [(UInt64, Operation)] = []
         // A key with several unfinished puts (rewritten while its upload ran) gets only its newest
         // verifiable one; the older ones are superseded.
-        var unfinished: [String: [UInt64]] = [:]
-        for (id, put) in puts where !done.contains(id) { unfinished[put.key, default: []].append(id) }
+        var unfinished: [ExactString: [UInt64]] = [:]
+        for (id, put) in puts where !done.contains(id) { unfinished[ExactString(put.key), default: []].append(id) }
         var superseded = Set<UInt64>()
         for id in unfinished.values.flatMap({ $0.sorted(by: >) }) {
             let put = puts[id]!
@@ -846,13 +847,13 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 logger.error("staged file does not match its journal record; not uploading", metadata: ["key": "\(put.key)"])
                 continue
             }
-            superseded.formUnion(unfinished[put.key]!.filter { $0 < id })
+            superseded.formUnion(unfinished[ExactString(put.key)]!.filter { $0 < id })
             claimed.insert(path)
             file.upload = id
             file.closed = (put.size, checksum)
             file.charged = put.size
             charged += put.size
-            staged[put.key] = file
+            staged[ExactString(put.key)] = file
             insertLocked(put.key, .present(.staged(key: put.key)))
             operations.append((id, Operation(id: id, kind: .put(file, key: put.key, size: put.size))))
             rewritten.append(.put(id: id, file: put.file, size: put.size, checksum: checksum, key: put.key))
@@ -892,14 +893,26 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     /// Records `change` for `key` and makes its ancestor directories visible. Call with the monitor held.
     private func insertLocked(_ key: String, _ change: OverlayChange) {
-        var (parent, name) = NameRules.split(key)
+        var (parent, name) = Self.split(key)
         tree[parent, default: [:]][name] = change
-        while parent.count > configuration.rootPrefix.count {
-            let directory = parent
-            (parent, name) = NameRules.split(String(directory.dropLast()))
+        while parent.string.utf8.count > configuration.rootPrefix.utf8.count {
+            let directory = parent.string
+            (parent, name) = Self.split(String(directory.dropLast()))
             if case .present = tree[parent]?[name] { break }
             tree[parent, default: [:]][name] = .present(.directory(prefix: directory))
         }
+    }
+
+    /// The recorded change for `key`, if any. Call with the monitor held.
+    private func changeLocked(_ key: String) -> OverlayChange? {
+        let (parent, name) = Self.split(key)
+        return tree[parent]?[name]
+    }
+
+    /// `key`'s directory prefix and name, as the tree's keys.
+    private static func split(_ key: String) -> (parent: ExactString, name: ExactString) {
+        let (parent, name) = NameRules.split(key)
+        return (ExactString(parent), ExactString(name))
     }
 
     /// Drops a staged version (its queued upload too). Call with the monitor held.

@@ -285,6 +285,35 @@ def test_a_name_starting_with_a_combining_mark_stays_in_its_directory(mounter, m
     assert os.listdir(mnt) == ["a"]
 
 
+def test_names_written_that_differ_only_in_unicode_normalisation_stay_two_files(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    bodies = {composed: b"composed", decomposed: b"decomposed!"}
+    (mnt / "d").mkdir()
+    for name, body in bodies.items():
+        (mnt / "d" / name).write_bytes(body)
+        (mnt / name).mkdir()
+        (mnt / name / "inner.txt").write_bytes(body)
+    assert sorted(os.listdir(mnt / "d")) == sorted(bodies)
+    assert sorted(os.listdir(mnt)) == sorted([composed, decomposed, "d"])
+    for name, body in bodies.items():
+        assert (mnt / "d" / name).read_bytes() == body
+        assert os.listdir(mnt / name) == ["inner.txt"]
+    sync(ckptfs_bin, moto_env, mnt)
+    expected = {f"d/{n}": sha(b) for n, b in bodies.items()} | {f"{n}/inner.txt": sha(b) for n, b in bodies.items()}
+    assert bucket_hashes(moto_client, bucket) == expected
+    os.unlink(mnt / "d" / decomposed)
+    os.rename(mnt / composed / "inner.txt", mnt / composed / "moved.txt")
+    assert os.listdir(mnt / "d") == [composed]
+    assert os.listdir(mnt / decomposed) == ["inner.txt"]
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {
+        f"d/{composed}": sha(b"composed"),
+        f"{composed}/moved.txt": sha(b"composed"),
+        f"{decomposed}/inner.txt": sha(b"decomposed!"),
+    }
+
+
 LONG = "x" * 256
 TOO_LONG = {
     "create": lambda m: open(m / LONG, "wb"),
