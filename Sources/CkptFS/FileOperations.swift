@@ -331,6 +331,25 @@ extension FileSystem {
         }
     }
 
+    /// `mknod` of a regular file (the kernel also sends it for `create` without an open) makes an empty
+    /// file, uploaded as a `create` and `close` would; FIFOs, sockets and devices cannot be objects (`EPERM`).
+    func mknod(_ req: fuse_req_t?, _ parent: UInt64, _ name: String, _ mode: mode_t) {
+        do throws(FileError) {
+            guard let overlay else { throw FileError(EROFS) }
+            guard mode & S_IFMT == S_IFREG else { throw FileError(EPERM) }
+            let key = try newKey(parent, name)
+            if try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) != nil {
+                throw FileError(EEXIST)
+            }
+            let file = try overlayCall { () throws(OverlayError) in try overlay.create(key, truncate: false) }
+            try overlayCall { () throws(OverlayError) in try overlay.releaseWriter(file) }
+            var entry = self.entry(try namespaceCall { () throws(NamespaceError) in try namespace.lookup(parent: parent, name: name) })
+            fuse_reply_entry(req, &entry)
+        } catch {
+            fuse_reply_err(req, error.code)
+        }
+    }
+
     func unlink(_ req: fuse_req_t?, _ parent: UInt64, _ name: String) {
         do throws(FileError) {
             try removeFile(parent: parent, name: name)

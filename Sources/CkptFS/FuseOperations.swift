@@ -86,6 +86,7 @@ func makeOperations(writable: Bool) -> fuse_lowlevel_ops {
         ops.fsync = { req, _, _, fi in FileSystem.from(req).fsync(req, fi!) }
         ops.flush = { req, _, fi in FileSystem.from(req).flush(req, fi!) }
         ops.mkdir = { req, parent, name, _ in FileSystem.from(req).mkdir(req, parent, String(cString: name!)) }
+        ops.mknod = { req, parent, name, mode, _ in FileSystem.from(req).mknod(req, parent, String(cString: name!), mode) }
         ops.unlink = { req, parent, name in FileSystem.from(req).unlink(req, parent, String(cString: name!)) }
         ops.rmdir = { req, parent, name in FileSystem.from(req).rmdir(req, parent, String(cString: name!)) }
         ops.rename = { req, parent, name, newParent, newName, flags in

@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import time
 import uuid
 import zipfile
@@ -142,6 +143,28 @@ def test_read_only_flag_refuses_writes(mounter, bucket):
     with pytest.raises(OSError) as raised:
         (mnt / "x").write_bytes(b"x")
     assert raised.value.errno == errno.EROFS
+    with pytest.raises(OSError) as raised:
+        os.mknod(mnt / "x")
+    assert raised.value.errno == errno.EROFS
+
+
+def test_mknod_makes_an_empty_file_and_refuses_other_types(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    os.mknod(mnt / "empty.bin", 0o644 | stat.S_IFREG)
+    assert os.stat(mnt / "empty.bin").st_size == 0 and stat.S_ISREG(os.stat(mnt / "empty.bin").st_mode)
+    with pytest.raises(FileExistsError):
+        os.mknod(mnt / "empty.bin", 0o644 | stat.S_IFREG)
+    for make in (lambda p: os.mkfifo(p), lambda p: os.mknod(p, 0o644 | stat.S_IFSOCK)):
+        with pytest.raises(OSError) as raised:
+            make(mnt / "special")
+        assert raised.value.errno == errno.EPERM
+    assert os.listdir(mnt) == ["empty.bin"]
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {"empty.bin": sha(b"")}
+    with open(mnt / "empty.bin", "ab") as f:
+        f.write(b"later")
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {"empty.bin": sha(b"later")}
 
 
 def kill_daemon(mountpoint) -> None:
