@@ -9,14 +9,19 @@ public struct ListingBuilder {
     /// Directory prefix → its entries (both byte for byte: names that differ only in Unicode
     /// normalisation are two entries).
     public private(set) var directories: [ExactString: [ExactString: EntryKind]] = [:]
-    /// Directory prefix → newest modification time of any object below it.
+    /// Directory prefix → newest modification time of any object below it (complete once `chain` is merged).
     private var newest: [ExactString: Int64] = [:]
+    /// The base and the directories of the last object added, outermost first, each with the newest
+    /// modification time added below it since it joined the chain (merged into `newest` when it leaves).
+    /// Listings come sorted, so consecutive keys share most directories: those are added once.
+    private var chain: [(name: Substring, prefix: String, newest: Int64)]
     private let base: String
     private let warn: (String) -> Void
 
     public init(base: String, warn: @escaping (String) -> Void) {
         self.base = base
         self.warn = warn
+        chain = [("", base, .min)]
         directories[ExactString(base)] = [:]
     }
 
@@ -24,26 +29,48 @@ public struct ListingBuilder {
     public mutating func add(object: ObjectInfo) {
         guard let relative = NameRules.suffix(of: object.key, after: base) else { return }
         if relative.isEmpty { return }  // the directory's own marker object
-        var segments = NameRules.segments(relative)
         let isMarker = relative.utf8.last == UInt8(ascii: "/")
+        if !isMarker, let name = NameRules.suffix(of: object.key, after: chain[chain.count - 1].prefix), NameRules.isValid(name) {
+            // A file in the directory of the key before (the usual case: listings come sorted).
+            for position in chain.indices { chain[position].newest = max(chain[position].newest, object.modified) }
+            addFile(String(name), object, in: chain[chain.count - 1].prefix)
+            return
+        }
+        var segments = NameRules.segments(relative)
         if isMarker { segments.removeLast() }
         guard segments.allSatisfy(NameRules.isValid) else {
             warn("skipping key '\(object.key)': not a valid path (empty, '.', '..' or over-long segment)")
             return
         }
-        var directory = base
-        for (position, segment) in segments.enumerated() {
-            noteModified(object, below: directory)
-            let name = String(segment)
-            if position == segments.count - 1 && !isMarker {
-                addFile(name, object, in: directory)
-            } else {
-                let child = directory + name + "/"
-                addDirectory(name, prefix: child, in: directory)
-                directory = child
-            }
+        let directoryCount = isMarker ? segments.count : segments.count - 1
+        // chain[depth] is the directory of segments[depth - 1]; the ones this key shares are kept.
+        var depth = 1
+        while depth <= directoryCount && depth < chain.count && chain[depth].name.utf8.elementsEqual(segments[depth - 1].utf8) {
+            depth += 1
         }
-        if isMarker { noteModified(object, below: directory) }
+        leaveChain(from: depth)
+        while depth <= directoryCount {
+            let name = String(segments[depth - 1])
+            let directory = chain[depth - 1].prefix
+            let child = directory + name + "/"
+            addDirectory(name, prefix: child, in: directory)
+            chain.append((segments[depth - 1], child, .min))
+            depth += 1
+        }
+        for position in 0...directoryCount { chain[position].newest = max(chain[position].newest, object.modified) }
+        if !isMarker { addFile(String(segments[segments.count - 1]), object, in: chain[directoryCount].prefix) }
+    }
+
+    /// Merges the chain's times from `depth` on into `newest` and drops those directories from the chain.
+    private mutating func leaveChain(from depth: Int) {
+        mergeChain(from: depth)
+        chain.removeSubrange(depth...)
+    }
+
+    private mutating func mergeChain(from depth: Int = 0) {
+        for link in chain[depth...] where link.newest != .min {
+            newest[ExactString(link.prefix)] = max(newest[ExactString(link.prefix)] ?? .min, link.newest)
+        }
     }
 
     /// Adds one common prefix of a delimiter listing.
@@ -57,10 +84,6 @@ public struct ListingBuilder {
             return
         }
         addDirectory(String(name), prefix: commonPrefix, in: base)
-    }
-
-    private mutating func noteModified(_ object: ObjectInfo, below directory: String) {
-        newest[ExactString(directory)] = max(newest[ExactString(directory)] ?? .min, object.modified)
     }
 
     private mutating func addFile(_ name: String, _ object: ObjectInfo, in directory: String) {
@@ -87,6 +110,7 @@ public struct ListingBuilder {
     /// ties go to the larger name bytes (`checkpoint-7` over `checkpoint-007`, `b/checkpoint-3` over
     /// `a/checkpoint-3`), never to dictionary order.
     public mutating func addReferences(projects: Set<String> = []) {
+        mergeChain()
         var jobLatest: [ExactString: Candidate] = [:]
         for (prefix, entries) in directories {
             var best: Candidate?

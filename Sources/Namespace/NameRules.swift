@@ -1,3 +1,5 @@
+import Glibc
+
 /// Which key segments can be file names. Anything else is skipped (with a warning), so no key can name
 /// a path outside the mount or one the kernel would reject.
 public enum NameRules {
@@ -5,9 +7,11 @@ public enum NameRules {
     public static let maxNameBytes = 255
 
     public static func isValid<S: StringProtocol>(_ name: S) -> Bool {
-        let count = name.utf8.count
-        return count > 0 && count <= maxNameBytes && name != "." && name != ".." && !name.utf8.contains(0)
-            && !name.utf8.contains(UInt8(ascii: "/"))
+        let bytes = name.utf8
+        let count = bytes.count
+        guard count > 0 && count <= maxNameBytes else { return false }
+        if count <= 2 && bytes.allSatisfy({ $0 == UInt8(ascii: ".") }) { return false }  // "." and ".."
+        return !bytes.contains { $0 == 0 || $0 == UInt8(ascii: "/") }
     }
 
     /// `("a/b/", "c")` for the key `"a/b/c"`: the directory prefix a key lives in, and its name there.
@@ -21,8 +25,18 @@ public enum NameRules {
     /// `key` without `prefix`, compared byte by byte (not as `Character`s, nor by canonical equivalence as
     /// `hasPrefix` does); nil if `key` does not start with those bytes.
     public static func suffix(of key: String, after prefix: String) -> Substring? {
-        guard key.utf8.starts(with: prefix.utf8) else { return nil }
+        guard startsWithBytes(key, prefix) else { return nil }
         return Substring(key.unicodeScalars[key.utf8.index(key.startIndex, offsetBy: prefix.utf8.count)...])
+    }
+
+    /// Whether `string`'s UTF-8 bytes begin with all of `prefix`'s (one `memcmp` for native strings).
+    private static func startsWithBytes(_ string: String, _ prefix: String) -> Bool {
+        let count = prefix.utf8.count
+        guard string.utf8.count >= count else { return false }
+        let compared = string.utf8.withContiguousStorageIfAvailable { whole in
+            prefix.utf8.withContiguousStorageIfAvailable { start in count == 0 || memcmp(whole.baseAddress!, start.baseAddress!, count) == 0 }
+        }
+        return (compared ?? nil) ?? string.utf8.starts(with: prefix.utf8)
     }
 
     /// The `/`-separated segments of `path`, split at `/` bytes.

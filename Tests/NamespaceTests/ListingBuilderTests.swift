@@ -65,6 +65,28 @@ import Testing
         #expect(builder.directories["proj/new/"]?["latest"] == .symlink(target: "checkpoint-4"))
     }
 
+    @Test func aCheckpointsNewestObjectCountsWhereverItsKeyComesInTheListing() {
+        // Keys of one checkpoint interleaved with another's (a listing in pages merged out of order, or a
+        // store that does not sort): the times below a directory met twice are merged, not replaced.
+        for late: Int64 in [50, 500] {
+            var builder = ListingBuilder(base: "proj/") { _ in }
+            builder.add(object: object("proj/job/checkpoint-1/rank-0/a", modified: 300))
+            builder.add(object: object("proj/job/checkpoint-2/rank-0/a", modified: 200))
+            builder.add(object: object("proj/job/checkpoint-1/rank-1/b", modified: late))
+            builder.add(object: object("proj/job/checkpoint-2/rank-0/c", modified: 100))
+            builder.addReferences(projects: ["proj/"])
+            #expect(builder.directories["proj/"]?["latest"] == .symlink(target: "job/checkpoint-1"))
+            #expect(builder.directories["proj/job/checkpoint-1/"]?.keys.sorted() == ["rank-0", "rank-1"])
+            #expect(builder.directories["proj/job/checkpoint-2/rank-0/"]?.keys.sorted() == ["a", "c"])
+        }
+        var builder = ListingBuilder(base: "proj/") { _ in }
+        builder.add(object: object("proj/job/checkpoint-1/rank-0/a", modified: 100))
+        builder.add(object: object("proj/job/checkpoint-2/rank-0/a", modified: 200))
+        builder.add(object: object("proj/job/checkpoint-1/rank-0/b", modified: 300))
+        builder.addReferences(projects: ["proj/"])
+        #expect(builder.directories["proj/"]?["latest"] == .symlink(target: "job/checkpoint-1"))
+    }
+
     @Test func namesStartingWithACombiningMarkSplitAtTheSlashByte() {
         // "/" and U+0301 after it are one Character: a Character-based split would not see the slash.
         #expect(NameRules.split("a/\u{301}b") == ("a/", "\u{301}b"))
