@@ -2,6 +2,7 @@ import Dispatch
 import Glibc
 import Namespace
 import ObjectStore
+import Synchronization
 import Testing
 import TestSupport
 @testable import Overlay
@@ -235,6 +236,56 @@ extension EmptyStore {
         try overlay.releaseWriter(writer)
         store.proceed.signal()
         #expect(overlay.sync(prefix: "").isEmpty)
+    }
+
+    /// A local bucket that records the key of every put.
+    final class RecordingStore: ObjectStore {
+        let bucket: LocalStore
+        let puts = Mutex<[String]>([])
+        var identity: String { bucket.identity }
+        init(root: String) { bucket = LocalStore(root: root) }
+        func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage {
+            try bucket.list(prefix: prefix, delimiter: delimiter, continuationToken: continuationToken, maxKeys: maxKeys)
+        }
+        func head(key: String) throws(StoreError) -> ObjectInfo { try bucket.head(key: key) }
+        func get(key: String, range: Range<Int64>, etag: String?, sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
+            try bucket.get(key: key, range: range, etag: etag, sink: sink)
+        }
+        func checkAccess(prefix: String) throws(StoreError) {}
+        func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+            puts.withLock { $0.append(key) }
+            return try bucket.put(key: key, fd: fd, size: size, options: options)
+        }
+        func delete(key: String) throws(StoreError) { try bucket.delete(key: key) }
+        func copy(from source: String, to destination: String) throws(StoreError) -> String { try bucket.copy(from: source, to: destination) }
+    }
+
+    @Test func aFileRenamedWhileItUploadsIsUploadedUnderTheNewNameOnlyAfterACrash() throws {
+        let (staging, configuration) = freshStaging()
+        let bucket = ScratchDirectory()
+        let gated = GatedStore()
+        do {
+            let overlay = try Overlay(store: gated, configuration: { var c = configuration; c.uploadThreads = 1; return c }())
+            defer { overlay.stagingLock.release() }  // its process ends at the crash below
+            let file = try overlay.create("tmp-checkpoint-1/model.bin")
+            write(file, "weights")
+            try overlay.releaseWriter(file)
+            gated.started.wait()  // the upload under the old name runs...
+            try overlay.rename("tmp-checkpoint-1/model.bin", to: "checkpoint-1/model.bin", sourceInStore: false)
+        }  // ...and never finishes: the daemon dies here
+        let store = RecordingStore(root: bucket.path)
+        let recovered = try Overlay(store: store, configuration: configuration)
+        #expect(recovered.sync(prefix: "").isEmpty)
+        let keys = try LocalStore(root: bucket.path).listAll(prefix: "", delimiter: nil).objects.map(\.key)
+        #expect(keys == ["checkpoint-1/model.bin"])
+        var content = [UInt8](repeating: 0, count: 16)
+        try LocalStore(root: bucket.path).get(key: "checkpoint-1/model.bin", range: 0..<7, etag: nil) { chunk in
+            content.withUnsafeMutableBytes { $0.copyMemory(from: chunk) }
+        }
+        #expect(String(decoding: content.prefix(7), as: UTF8.self) == "weights")
+        #expect(store.puts.withLock { $0 } == ["checkpoint-1/model.bin"], "the interrupted upload of the old name was redone")
+        gated.proceed.signal()  // lets the dead daemon's upload thread end
+        _ = staging
     }
 
     @Test func renamingAQueuedFileUploadsItUnderTheNewNameOnly() throws {
