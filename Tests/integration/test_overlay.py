@@ -206,6 +206,59 @@ def test_a_file_open_at_the_crash_is_kept_reported_and_not_uploaded(mounter, mot
     assert "abandoned=1" in status.stdout
 
 
+def test_a_journal_append_cut_short_by_a_full_disk_leaves_the_records_after_it_intact(
+        mounter, moto_client, ckptfs_bin, moto_env, bucket, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", small])
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        first = mounter.mount(f"s3://{bucket}", args=["--staging-dir", str(small / "staging")])
+        mnt = first.mountpoint
+        # Fill the staging file system from outside the mount, to its last byte: a journal append that
+        # needs a new page writes what fits in the journal's last page, then fails.
+        filler = os.open(small / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            for size in (65536, 4096, 1):
+                while True:
+                    try:
+                        os.write(filler, b"\0" * size)
+                    except OSError as error:
+                        assert error.errno == errno.ENOSPC
+                        break
+        finally:
+            os.close(filler)
+        failed = None
+        for i in range(100):  # long names make long records: one of them crosses into a new page
+            try:
+                (mnt / (f"{i:03d}-" + "n" * 240)).write_bytes(b"")
+            except OSError as error:
+                failed = error
+                break
+        assert failed is not None, "the staging dir never ran out of space"
+        os.unlink(small / "filler")
+        (mnt / "after.bin").write_bytes(b"after")
+        kill_daemon(mnt)
+        # What the crash left: every line one whole record (a torn append followed by the next record on
+        # the same line loses both).
+        fields = {"boot": 2, "written": 2, "forgot": 2, "put": 6, "checksum": 3, "delete": 3, "copy": 4,
+                  "done": 2, "cancel": 2}
+        [journal] = (small / "staging").glob("*/journal")
+        lines = journal.read_bytes().decode().splitlines()
+        torn = [line for line in lines if len(line.split("\t")) != fields.get(line.split("\t")[0])]
+        assert not torn, torn
+        second = mounter.mount(first.remote, mountpoint=mnt, cache_dir=first.cache_dir, args=first.args)
+        sync(ckptfs_bin, moto_env, second.mountpoint)
+        assert bucket_hashes(moto_client, bucket)["after.bin"] == sha(b"after")
+        # Still this mount's file after the restart (its journal record survived), so it may be rewritten.
+        (mnt / "after.bin").write_bytes(b"again")
+        sync(ckptfs_bin, moto_env, second.mountpoint)
+        assert bucket_hashes(moto_client, bucket)["after.bin"] == sha(b"again")
+    finally:
+        mounter.close()
+        run(["umount", "-l", small])
+
+
 def test_a_full_staging_dir_slows_writers_instead_of_failing_them(mounter, moto_client, ckptfs_bin, moto_env, bucket):
     mnt = mounter.mount(f"s3://{bucket}", args=["--staging-size", "8M"]).mountpoint
     files = {f"f{i}.bin": os.urandom(3 << 20) for i in range(6)}  # 18 MiB through an 8 MiB staging dir
