@@ -398,7 +398,7 @@ extension FileSystem {
                 } else if target != nil {
                     throw FileError(ENOTDIR)
                 }
-                try checkMovable(prefix, overlay: overlay)
+                try checkMovable(prefix, to: destination + "/", overlay: overlay)
                 try renameDirectory(prefix, to: destination + "/", overlay: overlay)
                 let sourceParent = try keyOf(parent, "")
                 let remote = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: sourceParent, name: name) }
@@ -423,12 +423,15 @@ extension FileSystem {
 
     // MARK: Helpers
 
-    /// Fails with `EXDEV` if a file below `prefix` is a stored object too large for a server-side copy,
-    /// before anything is renamed (`mv` then copies and deletes instead).
-    private func checkMovable(_ prefix: String, overlay: Overlay) throws(FileError) {
+    /// Fails before anything is renamed if a file below `prefix` cannot move to `destination`: `EXDEV` for a
+    /// stored object too large for a server-side copy (`mv` then copies and deletes instead),
+    /// `ENAMETOOLONG` for a key that would outgrow the store's limit.
+    private func checkMovable(_ prefix: String, to destination: String, overlay: Overlay) throws(FileError) {
         for entry in try namespaceCall({ () throws(NamespaceError) in try namespace.entries(prefix: prefix) }) {
+            if case .symlink = entry.kind { continue }
+            if (destination + entry.name).utf8.count > NameRules.maxKeyBytes { throw FileError(ENAMETOOLONG) }
             switch entry.kind {
-            case .directory(let child): try checkMovable(child, overlay: overlay)
+            case .directory(let child): try checkMovable(child, to: destination + entry.name + "/", overlay: overlay)
             case .file(let info) where info.size > overlay.copyLimit: throw FileError(EXDEV)
             default: continue
             }
@@ -519,10 +522,15 @@ extension FileSystem {
     /// The key of a name being created (create, mkdir, rename's target), refusing one no file can have
     /// with ext4's errno: `ENAMETOOLONG` over 255 bytes, `EEXIST` for `.` and `..` (they exist), `EINVAL`
     /// for an empty name or one holding NUL or `/` (the kernel sends none of these three).
+    /// The key of a name to be created in `parent`: a valid name, and a key the store can hold.
     private func newKey(_ parent: UInt64, _ name: String) throws(FileError) -> String {
-        guard !NameRules.isValid(name) else { return try keyOf(parent, name) }
-        if name.utf8.count > NameRules.maxNameBytes { throw FileError(ENAMETOOLONG) }
-        throw FileError(name == "." || name == ".." ? EEXIST : EINVAL)
+        guard NameRules.isValid(name) else {
+            if name.utf8.count > NameRules.maxNameBytes { throw FileError(ENAMETOOLONG) }
+            throw FileError(name == "." || name == ".." ? EEXIST : EINVAL)
+        }
+        let key = try keyOf(parent, name)
+        if key.utf8.count > NameRules.maxKeyBytes { throw FileError(ENAMETOOLONG) }
+        return key
     }
 
     private func namespaceCall<T>(_ body: () throws(NamespaceError) -> T) throws(FileError) -> T {

@@ -26,8 +26,8 @@ func makeOperations(writable: Bool) -> fuse_lowlevel_ops {
 
     ops.lookup = { req, parent, name in
         let fs = FileSystem.from(req)
-        let name = String(cString: name!)
         do throws(NamespaceError) {
+            guard let name = utf8Name(name) else { throw .notFound }
             let attributes = try fs.namespace.lookup(parent: parent, name: name)
             var entry = fs.entry(attributes)
             fuse_reply_entry(req, &entry)
@@ -80,17 +80,34 @@ func makeOperations(writable: Bool) -> fuse_lowlevel_ops {
     ops.release = { req, _, fi in FileSystem.from(req).release(req, fi!) }
 
     if writable {
-        ops.create = { req, parent, name, mode, fi in FileSystem.from(req).create(req, parent, String(cString: name!), fi!) }
+        ops.create = { req, parent, name, mode, fi in
+            guard let name = utf8Name(name) else { _ = fuse_reply_err(req, EILSEQ); return }
+            FileSystem.from(req).create(req, parent, name, fi!)
+        }
         ops.write = { req, _, buffer, size, offset, fi in FileSystem.from(req).write(req, buffer!, size, Int64(offset), fi!) }
         ops.setattr = { req, ino, attr, valid, fi in FileSystem.from(req).setattr(req, ino, attr!.pointee, valid, fi) }
         ops.fsync = { req, _, _, fi in FileSystem.from(req).fsync(req, fi!) }
         ops.flush = { req, _, fi in FileSystem.from(req).flush(req, fi!) }
-        ops.mkdir = { req, parent, name, _ in FileSystem.from(req).mkdir(req, parent, String(cString: name!)) }
-        ops.mknod = { req, parent, name, mode, _ in FileSystem.from(req).mknod(req, parent, String(cString: name!), mode) }
-        ops.unlink = { req, parent, name in FileSystem.from(req).unlink(req, parent, String(cString: name!)) }
-        ops.rmdir = { req, parent, name in FileSystem.from(req).rmdir(req, parent, String(cString: name!)) }
+        ops.mkdir = { req, parent, name, _ in
+            guard let name = utf8Name(name) else { _ = fuse_reply_err(req, EILSEQ); return }
+            FileSystem.from(req).mkdir(req, parent, name)
+        }
+        ops.mknod = { req, parent, name, mode, _ in
+            guard let name = utf8Name(name) else { _ = fuse_reply_err(req, EILSEQ); return }
+            FileSystem.from(req).mknod(req, parent, name, mode)
+        }
+        ops.unlink = { req, parent, name in
+            guard let name = utf8Name(name) else { _ = fuse_reply_err(req, ENOENT); return }
+            FileSystem.from(req).unlink(req, parent, name)
+        }
+        ops.rmdir = { req, parent, name in
+            guard let name = utf8Name(name) else { _ = fuse_reply_err(req, ENOENT); return }
+            FileSystem.from(req).rmdir(req, parent, name)
+        }
         ops.rename = { req, parent, name, newParent, newName, flags in
-            FileSystem.from(req).rename(req, parent, String(cString: name!), newParent, String(cString: newName!), flags)
+            guard let name = utf8Name(name) else { _ = fuse_reply_err(req, ENOENT); return }
+            guard let newName = utf8Name(newName) else { _ = fuse_reply_err(req, EILSEQ); return }
+            FileSystem.from(req).rename(req, parent, name, newParent, newName, flags)
         }
     }
 
@@ -203,4 +220,11 @@ extension FileSystem {
             fuse_reply_buf(req, buffer, used)
         }
     }
+}
+
+/// A name the kernel passed, or nil if it is not UTF-8. Object keys are UTF-8, and repairing a name
+/// (`String(cString:)` puts U+FFFD for bad bytes) would make different names one: such names are not
+/// found, and creating one is `EILSEQ`.
+private func utf8Name(_ name: UnsafePointer<CChar>?) -> String? {
+    name.flatMap { String(validatingCString: $0) }
 }

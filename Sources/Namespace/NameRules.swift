@@ -5,6 +5,8 @@ import Glibc
 public enum NameRules {
     /// Linux's NAME_MAX.
     public static let maxNameBytes = 255
+    /// The longest key S3 stores (UTF-8 bytes); `file://` remotes keep to it too.
+    public static let maxKeyBytes = 1024
 
     public static func isValid<S: StringProtocol>(_ name: S) -> Bool {
         let bytes = name.utf8

@@ -11,6 +11,7 @@ import stat
 import time
 import uuid
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -388,6 +389,43 @@ def test_names_written_that_differ_only_in_unicode_normalisation_stay_two_files(
         f"{composed}/moved.txt": sha(b"composed"),
         f"{decomposed}/inner.txt": sha(b"decomposed!"),
     }
+
+
+def test_names_that_are_not_utf8_are_refused_not_repaired(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = bytes(mounter.mount(f"s3://{bucket}").mountpoint)
+    (Path(os.fsdecode(mnt)) / "a\ufffd").write_bytes(b"replacement character")  # a valid name
+    (Path(os.fsdecode(mnt)) / "tmp").write_bytes(b"tmp")
+    for operation in (lambda p: open(p, "wb"), lambda p: os.mkdir(p), lambda p: os.mknod(p),
+                      lambda p: os.rename(mnt + b"/tmp", p)):
+        with pytest.raises(OSError) as raised:
+            operation(mnt + b"/a\xff")
+        assert raised.value.errno == errno.EILSEQ
+    for operation in (os.stat, os.unlink, os.rmdir, lambda p: os.rename(p, mnt + b"/other")):
+        with pytest.raises(FileNotFoundError):
+            operation(mnt + b"/a\xff")
+    assert sorted(os.listdir(mnt)) == sorted([b"a\xef\xbf\xbd", b"tmp"])
+    sync(ckptfs_bin, moto_env, Path(os.fsdecode(mnt)))
+    assert bucket_hashes(moto_client, bucket) == {"a\ufffd": sha(b"replacement character"), "tmp": sha(b"tmp")}
+
+
+def test_paths_whose_key_would_exceed_1024_bytes_get_enametoolong(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    deep = mnt / "/".join(["d" * 250] * 4)  # a 1003-byte prefix, with its slashes
+    deep.mkdir(parents=True)
+    fits = "f" * (1024 - 1004)  # "<prefix>/<name>" is exactly 1024 bytes
+    (deep / fits).write_bytes(b"fits")
+    for operation in (lambda p: p.write_bytes(b"x"), lambda p: p.mkdir(), lambda p: os.rename(deep / fits, p)):
+        with pytest.raises(OSError) as raised:
+            operation(deep / (fits + "g"))
+        assert raised.value.errno == errno.ENAMETOOLONG
+    (mnt / "short").mkdir()
+    (mnt / "short" / ("n" * 30)).write_bytes(b"n")
+    with pytest.raises(OSError) as raised:  # its file would be 1003 + 1 + 5 + 1 + 30 bytes
+        os.rename(mnt / "short", deep / "short")
+    assert raised.value.errno == errno.ENAMETOOLONG
+    assert os.listdir(mnt / "short") == ["n" * 30]
+    sync(ckptfs_bin, moto_env, mnt)
+    assert sorted(bucket_hashes(moto_client, bucket)) == sorted([f"{deep.relative_to(mnt)}/{fits}", "short/" + "n" * 30])
 
 
 LONG = "x" * 256
