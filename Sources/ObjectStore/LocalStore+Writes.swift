@@ -1,9 +1,9 @@
 import Glibc
 
-/// Writes for file:// stores.
+/// Writes for file:// stores, and the opens that reads share with them.
 ///
 /// The directories above a key are opened one at a time from the root with `O_NOFOLLOW`, so a symbolic link
-/// inside the root can never redirect a write or a delete outside it. A put writes a temporary file beside its
+/// inside the root can never redirect a read, a write or a delete outside it. A put writes a temporary file beside its
 /// target (named `.ckptfs-put-…`; a crash can leave one behind, and listings show it while it exists), flushes
 /// it and renames it into place, so readers see the old object or the new one, never a mix.
 extension LocalStore {
@@ -45,15 +45,26 @@ extension LocalStore {
     /// Opens the directory holding `key`'s file, creating missing directories when `create` is set, and returns
     /// it with the file's name. Without `create`, a missing directory means the key does not exist. A key that
     /// `path(forKey:)` refuses (empty, `.`, `..` or empty segments) is invalid (`EINVAL`), even for a delete.
-    private func openParent(ofKey key: String, create: Bool) throws(StoreError) -> (fd: Int32, name: String) {
+    func openParent(ofKey key: String, create: Bool) throws(StoreError) -> (fd: Int32, name: String) {
         guard (try? path(forKey: key)) != nil else { throw .io(path: root + "/" + key, errno: EINVAL) }
         var segments = Self.segments(key)
         let name = segments.removeLast()
+        return (try openDirectory(segments, create: create, key: key), name)
+    }
+
+    /// Opens the directory `segments` below the root, one directory at a time from the root with
+    /// `O_NOFOLLOW` (creating missing ones when `create` is set). A missing directory, a link or a segment
+    /// that names no child (empty, `.`, `..`) means `key` does not exist, unless `create`.
+    func openDirectory(_ segments: [String], create: Bool, key: String) throws(StoreError) -> Int32 {
         var directory = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard directory >= 0 else { throw .io(path: root, errno: errno) }
         var walked = root
         for segment in segments {
             walked += "/" + segment
+            guard !segment.isEmpty, segment != ".", segment != ".." else {
+                close(directory)
+                throw create ? .io(path: walked, errno: EINVAL) : .notFound(key)
+            }
             let child = openDirectory(segment, in: directory, create: create)
             let failure = errno
             close(directory)
@@ -63,7 +74,7 @@ extension LocalStore {
             }
             directory = child
         }
-        return (directory, name)
+        return directory
     }
 
     /// Opens the directory `name` in `parent` without following a link, creating it first if asked.
@@ -76,7 +87,7 @@ extension LocalStore {
     }
 
     /// Opens the regular file that is `key`'s object for reading, with its size.
-    private func openObject(key: String) throws(StoreError) -> (fd: Int32, size: Int64) {
+    func openObject(key: String) throws(StoreError) -> (fd: Int32, size: Int64) {
         let (parent, name) = try openParent(ofKey: key, create: false)
         defer { close(parent) }
         let fd = openat(parent, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)

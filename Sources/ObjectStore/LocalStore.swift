@@ -39,8 +39,12 @@ public final class LocalStore: ObjectStore {
 
     public func head(key: String) throws(StoreError) -> ObjectInfo {
         let path = try path(forKey: key)
+        let (parent, name) = try openParent(ofKey: key, create: false)
+        defer { close(parent) }
         var info = stat()
-        guard lstat(path, &info) == 0 else { throw errno == ENOENT ? .notFound(key) : .io(path: path, errno: errno) }
+        guard fstatat(parent, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
+            throw errno == ENOENT ? .notFound(key) : .io(path: path, errno: errno)
+        }
         guard (info.st_mode & S_IFMT) == S_IFREG else { throw .notFound(key) }
         return Self.objectInfo(key: key, info)
     }
@@ -50,8 +54,7 @@ public final class LocalStore: ObjectStore {
         sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void
     ) throws(StoreError) {
         let path = try path(forKey: key)
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else { throw errno == ENOENT ? .notFound(key) : .io(path: path, errno: errno) }
+        let fd = try openObject(key: key).fd
         defer { close(fd) }
         // The file can be rewritten in place while it is read: checked again after every chunk, before
         // its bytes are handed on, so no range mixes two versions.
@@ -110,10 +113,18 @@ public final class LocalStore: ObjectStore {
         key.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { String(Substring($0)) }
     }
 
+    /// Lists `directory` (empty, or ending in `/`), reached from the root without following links.
     private func walk(directory: String, namePrefix: String, recursive: Bool, into page: inout ListPage) throws(StoreError) {
         let path = directory.isEmpty ? root : root + "/" + directory
-        guard let dir = opendir(path) else {
-            if errno == ENOENT || errno == ENOTDIR { return }
+        let fd: Int32
+        do throws(StoreError) {
+            fd = try openDirectory(directory.isEmpty ? [] : Self.segments(String(directory.dropLast())), create: false, key: directory)
+        } catch {
+            if case .notFound = error { return }
+            throw error
+        }
+        guard let dir = fdopendir(fd) else {
+            close(fd)
             throw .io(path: path, errno: errno)
         }
         defer { closedir(dir) }
@@ -128,7 +139,7 @@ public final class LocalStore: ObjectStore {
         for name in children {
             let key = directory + name
             var info = stat()
-            guard lstat(root + "/" + key, &info) == 0 else { continue }
+            guard fstatat(dirfd(dir), name, &info, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
             switch info.st_mode & S_IFMT {
             case S_IFREG:
                 page.objects.append(Self.objectInfo(key: key, info))

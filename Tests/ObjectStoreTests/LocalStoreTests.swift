@@ -63,6 +63,25 @@ import TestSupport
         #expect(delivered == 1 << 20)
     }
 
+    @Test func aLinkToADirectoryOutsideTheRootIsNotFollowedByListingsOrReads() throws {
+        let dir = ScratchDirectory()
+        let outside = ScratchDirectory()
+        outside.write("secret.txt", "secret")
+        dir.write("p/j/a.bin", "a")
+        symlink(outside.path, dir.path + "/p/j/link")
+        let store = LocalStore(root: dir.path)
+        let listed = try store.list(prefix: "p/j/link/", delimiter: nil, continuationToken: nil, maxKeys: nil)
+        #expect(listed.objects.isEmpty)
+        let level = try store.list(prefix: "p/j/link/", delimiter: "/", continuationToken: nil, maxKeys: nil)
+        #expect(level.objects.isEmpty && level.commonPrefixes.isEmpty)
+        #expect(throws: StoreError.self) { try store.head(key: "p/j/link/secret.txt") }
+        #expect(throws: StoreError.self) {
+            try store.get(key: "p/j/link/secret.txt", range: 0..<6, etag: nil) { _ in }
+        }
+        let everything = try store.list(prefix: "", delimiter: nil, continuationToken: nil, maxKeys: nil)
+        #expect(everything.objects.map(\.key) == ["p/j/a.bin"])
+    }
+
     @Test func refusesKeysThatEscapeTheRoot() {
         let store = LocalStore(root: "/tmp")
         #expect(throws: StoreError.self) { try store.head(key: "../etc/passwd") }
