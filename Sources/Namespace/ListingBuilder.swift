@@ -142,7 +142,7 @@ public struct ListingBuilder {
     private struct Candidate {
         let target: String
         let time: Int64
-        let number: Int
+        let number: CheckpointNumber
 
         /// Becomes `best` if it is newer (`time`), else has the larger N, else the larger target bytes.
         func replaces(_ best: inout Candidate?) {

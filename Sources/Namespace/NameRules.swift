@@ -47,12 +47,23 @@ public enum NameRules {
     }
 
     /// The N of a directory named `checkpoint-N` (the form Hugging Face's `get_last_checkpoint` matches).
-    public static func checkpointNumber<S: StringProtocol>(_ name: S) -> Int? {
+    public static func checkpointNumber<S: StringProtocol>(_ name: S) -> CheckpointNumber? {
         guard name.hasPrefix("checkpoint-") else { return nil }
-        let digits = name.dropFirst("checkpoint-".count)
-        guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
+        let digits = name.utf8.dropFirst("checkpoint-".utf8.count)
+        guard !digits.isEmpty, digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
             return nil
         }
-        return Int(digits)
+        return CheckpointNumber(digits: Array(digits.drop { $0 == UInt8(ascii: "0") }))
+    }
+}
+
+/// The N of `checkpoint-N`, compared as a number of any length (as Python's `int` in `transformers`
+/// compares them): more digits is larger, leading zeros do not count.
+public struct CheckpointNumber: Comparable, Sendable {
+    /// The decimal digits, without leading zeros (none for 0).
+    public let digits: [UInt8]
+
+    public static func < (a: CheckpointNumber, b: CheckpointNumber) -> Bool {
+        a.digits.count != b.digits.count ? a.digits.count < b.digits.count : a.digits.lexicographicallyPrecedes(b.digits)
     }
 }

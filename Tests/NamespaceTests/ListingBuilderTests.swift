@@ -50,6 +50,11 @@ import Testing
         }
     }
 
+    @Test func latestPointsAtACheckpointNumberTooLargeForAnInteger() {
+        let (builder, _) = build(["j/checkpoint-5/a", "j/checkpoint-99999999999999999999/a", "j/checkpoint-123456789012345678901/a"])
+        #expect(builder.directories["j/"]?["latest"] == .symlink(target: "checkpoint-123456789012345678901"))
+    }
+
     @Test func realLatestWins() {
         let (builder, _) = build(["j/checkpoint-1/a", "j/latest"])
         #expect(builder.directories["j/"]?["latest"] == .file(object("j/latest")))
@@ -114,7 +119,10 @@ import Testing
         #expect(!NameRules.isValid("a\u{0}b"))
         #expect(NameRules.isValid(String(repeating: "é", count: 127)))
         #expect(!NameRules.isValid(String(repeating: "é", count: 128)))
-        #expect(NameRules.checkpointNumber("checkpoint-120") == 120)
+        #expect(NameRules.checkpointNumber("checkpoint-120")?.digits == Array("120".utf8))
+        #expect(NameRules.checkpointNumber("checkpoint-0")?.digits == [])
+        #expect(NameRules.checkpointNumber("checkpoint-99999999999999999999")! > NameRules.checkpointNumber("checkpoint-5")!)
+        #expect(NameRules.checkpointNumber("checkpoint-0010")! > NameRules.checkpointNumber("checkpoint-9")!)
         #expect(NameRules.checkpointNumber("checkpoint-") == nil)
         #expect(NameRules.checkpointNumber("tmp-checkpoint-3") == nil)
     }
