@@ -142,6 +142,21 @@ def test_key_that_is_also_a_prefix_shows_the_directory(dataset_mount):
     assert os.listdir(dataset_mount / "proj-b/conflict") == ["x"]
 
 
+def test_a_file_whose_name_is_also_a_prefix_of_skipped_keys_only_stays_a_file(mounter, moto_client):
+    bucket = f"conflict-{uuid.uuid4().hex[:8]}"
+    moto_client.create_bucket(Bucket=bucket)
+    bodies = {"model.bin": b"model", "model.bin//junk": b"j", "marked.bin": b"m", "marked.bin/": b"",
+              "real.bin": b"r", "real.bin//junk": b"j", "real.bin/inner.txt": b"inner"}
+    for key, body in bodies.items():
+        moto_client.put_object(Bucket=bucket, Key=key, Body=body)
+    root = mounter.mount(f"s3://{bucket}", args=["--read-only"]).mountpoint  # the root is listed by delimiter
+    assert stat.S_ISREG(os.stat(root / "model.bin").st_mode)
+    assert (root / "model.bin").read_bytes() == b"model"
+    assert stat.S_ISDIR(os.stat(root / "marked.bin").st_mode)  # a marker makes the directory
+    assert os.listdir(root / "real.bin") == ["inner.txt"]
+    assert sorted(os.listdir(root)) == ["marked.bin", "model.bin", "real.bin"]
+
+
 def test_invalid_keys_are_invisible_and_nothing_escapes(dataset_mount, dataset):
     root = os.path.realpath(dataset_mount)
     names = set()
