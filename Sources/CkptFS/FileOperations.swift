@@ -370,7 +370,7 @@ extension FileSystem {
             guard children.allSatisfy({ if case .symlink = $0.kind { true } else { false } }) else { throw FileError(ENOTEMPTY) }
             let parentPrefix = try keyOf(parent, "")
             let remote = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: parentPrefix, name: name) }
-            overlay.rmdir(prefix, existsRemotely: remote != nil)
+            try overlayCall { () throws(OverlayError) in try overlay.rmdir(prefix, existsRemotely: remote != nil) }
             namespace.detach(parent: parent, name: name, as: .directory(prefix: prefix))
             fuse_reply_err(req, 0)
         } catch {
@@ -402,7 +402,7 @@ extension FileSystem {
                 try renameDirectory(prefix, to: destination + "/", overlay: overlay)
                 let sourceParent = try keyOf(parent, "")
                 let remote = try namespaceCall { () throws(NamespaceError) in try namespace.remoteKind(prefix: sourceParent, name: name) }
-                overlay.rmdir(prefix, existsRemotely: remote != nil)
+                try overlayCall { () throws(OverlayError) in try overlay.rmdir(prefix, existsRemotely: remote != nil) }
                 if let target { namespace.detach(parent: newParent, name: newName, as: target) }
                 namespace.moved(parent: parent, name: name, to: newParent, newName, kind: .directory(prefix: destination + "/"))
                 namespace.rekey(from: prefix, to: destination + "/")
@@ -464,7 +464,7 @@ extension FileSystem {
             case .directory(let child):
                 try renameDirectory(child, to: destination + entry.name + "/", overlay: overlay)
                 let remote = (try? namespace.remoteKind(prefix: prefix, name: entry.name)).flatMap { $0 }
-                overlay.rmdir(child, existsRemotely: remote != nil)
+                try overlayCall { () throws(OverlayError) in try overlay.rmdir(child, existsRemotely: remote != nil) }
             case .file, .staged:
                 _ = try renameFile(prefix + entry.name, kind: entry.kind, to: destination + entry.name, overlay: overlay)
             case .symlink:

@@ -13,10 +13,13 @@ extension LocalStore {
         return try store(key: key, from: fd, size: size, as: name, in: parent)
     }
 
+    /// Deletes the file `key`; a key ending in `/` is a directory's marker: the directory goes if it is empty
+    /// (else it stays, holding what is not an object, as links do).
     public func delete(key: String) throws(StoreError) {
+        let isMarker = key.utf8.count > 1 && key.utf8.last == UInt8(ascii: "/")
         let parent: Int32, name: String
         do {
-            (parent, name) = try openParent(ofKey: key, create: false)
+            (parent, name) = try openParent(ofKey: isMarker ? String(key.dropLast()) : key, create: false)
         } catch {
             guard case .notFound = error else { throw error }
             return
@@ -25,6 +28,13 @@ extension LocalStore {
         var info = stat()
         guard fstatat(parent, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
             guard errno == ENOENT else { throw .io(path: root + "/" + key, errno: errno) }
+            return
+        }
+        if isMarker {
+            guard (info.st_mode & S_IFMT) == S_IFDIR else { return }
+            guard unlinkat(parent, name, AT_REMOVEDIR) == 0 || [ENOENT, ENOTEMPTY, EEXIST].contains(errno) else {
+                throw .io(path: root + "/" + key, errno: errno)
+            }
             return
         }
         // Only regular files are objects; a directory or a link under this name is not the key's object.

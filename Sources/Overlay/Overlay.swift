@@ -48,6 +48,13 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         /// A failed operation is not retried before this `CLOCK_REALTIME` second (0: at once).
         var retryAt: Double = 0
 
+        /// Whether this is the delete of a directory's marker with a change below the directory running or
+        /// queued before it (a file:// store can remove a directory only once it is empty).
+        func waitsBelowItsPrefix(busy: Set<ExactString>, earlier: Set<ExactString>) -> Bool {
+            guard case .delete(let key) = kind, key.utf8.last == UInt8(ascii: "/") else { return false }
+            return busy.union(earlier).contains { $0.string.utf8.count > key.utf8.count && $0.string.utf8.starts(with: key.utf8) }
+        }
+
         /// Whether this is an upload of `file`.
         func uploads(_ file: StagedFile) -> Bool {
             if case .put(let other, _, _) = kind { other === file } else { false }
@@ -518,15 +525,23 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// Removes a directory; `existsRemotely` says whether the store lists it (it must then be hidden). The
     /// `.removed` marks of its deleted children stay: a listing of it may still show them (cached, or
     /// before their deletes have run), and a directory made again under the name must not.
-    public func rmdir(_ prefix: String, existsRemotely: Bool) {
-        monitor.withLock {
+    public func rmdir(_ prefix: String, existsRemotely: Bool) throws(OverlayError) {
+        try monitor.withLock { () throws(OverlayError) in
             let (parent, name) = Self.split(String(prefix.dropLast()))
+            // Its marker object (`prefix` itself; the directory, in a file:// store, which puts of this mount
+            // may have made), if there is one, goes too, after every queued change below it: else the directory
+            // comes back at the next mount. Deleting a marker that does not exist changes nothing.
+            let id = nextID
+            nextID += 1
+            try journal.append([.delete(id: id, key: prefix)])
+            pending.append(Operation(id: id, kind: .delete(prefix)))
             if existsRemotely {
                 tree[parent, default: [:]][name] = .removed
             } else {
                 tree[parent]?.removeValue(forKey: name)
             }
         }
+        monitor.broadcast()
     }
 
     /// Deletes a file: a staged one is dropped (and its upload, if queued); one in the store (or being put
@@ -701,7 +716,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 let busy = Set(running.values.flatMap(\.keys))
                 var earlier = Set<ExactString>()
                 for (position, operation) in pending.enumerated() {
-                    if operation.keys.allSatisfy({ !busy.contains($0) && !earlier.contains($0) }) {
+                    if operation.keys.allSatisfy({ !busy.contains($0) && !earlier.contains($0) })
+                        && !operation.waitsBelowItsPrefix(busy: busy, earlier: earlier)
+                    {
                         if operation.retryAt <= now {
                             index = position
                             break

@@ -168,6 +168,42 @@ def test_mknod_makes_an_empty_file_and_refuses_other_types(mounter, moto_client,
     assert bucket_hashes(moto_client, bucket) == {"empty.bin": sha(b"later")}
 
 
+def test_removed_and_renamed_directories_with_markers_stay_gone_after_a_remount(
+        mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    for key in ["marker/", "emptymark/sub/", "proj/mark/", "proj/mark/m", "proj/keep.txt"]:
+        moto_client.put_object(Bucket=bucket, Key=key, Body=b"m" if key.endswith("m") else b"")
+    first = mounter.mount(f"s3://{bucket}", args=["--allow-delete"])
+    mnt = first.mountpoint
+    os.rmdir(mnt / "marker")
+    os.rename(mnt / "emptymark", mnt / "moved")
+    shutil.rmtree(mnt / "proj" / "mark")
+    sync(ckptfs_bin, moto_env, mnt)
+    assert sorted(list_keys(moto_client, bucket)) == ["proj/keep.txt"]
+    second = mounter.remount(first)
+    assert sorted(os.listdir(second.mountpoint)) == ["proj"]
+    assert os.listdir(second.mountpoint / "proj") == ["keep.txt"]
+
+
+def test_a_directory_removed_from_a_file_remote_leaves_no_empty_directory_behind(mounter, ckptfs_bin, moto_env, tmp_path):
+    store = tmp_path / "store"
+    (store / "kept").mkdir(parents=True)
+    first = mounter.mount(f"file://{store}")
+    mnt = first.mountpoint
+    (mnt / "topdir" / "a").mkdir(parents=True)
+    (mnt / "topdir" / "a" / "f").write_bytes(b"hi")
+    (mnt / "old" / "b").mkdir(parents=True)
+    (mnt / "old" / "b" / "g").write_bytes(b"g")
+    sync(ckptfs_bin, moto_env, mnt)
+    assert (store / "topdir" / "a" / "f").read_bytes() == b"hi"
+    shutil.rmtree(mnt / "topdir")
+    os.rename(mnt / "old", mnt / "new")
+    sync(ckptfs_bin, moto_env, mnt)
+    assert sorted(os.listdir(store)) == ["kept", "new"]
+    assert (store / "new" / "b" / "g").read_bytes() == b"g"
+    second = mounter.remount(first)
+    assert sorted(os.listdir(second.mountpoint)) == ["kept", "new"]
+
+
 def kill_daemon(mountpoint) -> None:
     pids = pids_with_argument(str(mountpoint))
     assert pids, "daemon not found"
