@@ -168,8 +168,10 @@ public final class CachedObject: @unchecked Sendable {
         while true {
             if let file = files[index] { return .file(file) }
             if let fill = fills[index] {
-                if !fill.fetching && fill.filled < bytes { resume(fill) }
                 while fill.error == nil && fill.filled < bytes {
+                    // An idle head is fetched on; checked after every wake too, since a head can go idle
+                    // right after it woke a reader who needed less than this one.
+                    if !fill.fetching { resume(fill) }
                     waitingReaders += 1
                     fill.wakeAt = min(fill.wakeAt, bytes)
                     monitor.wait(fill.arrived)

@@ -173,6 +173,59 @@ import TestSupport
         #expect(store.ranges.withLock { $0.last } == blockSize..<(2 * blockSize))
     }
 
+    @Test func aReaderWhoJoinedAHeadFetchForMoreGetsTheRestOfTheBlock() throws {
+        let scratch = ScratchDirectory()
+        let blockSize: Int64 = 1 << 20  // larger than CachedObject.headBytes
+        let data = pattern(Int(blockSize))
+        let rounds = 20
+        let store = CountingStore(objects: Dictionary(uniqueKeysWithValues: (0..<rounds).map { ("obj\($0)", data) }))
+        let registry = ObjectRegistry(
+            store: store, cache: try BlockCache(directory: scratch.path, capacity: 64 << 20), fetchThreads: 4,
+            blockSize: blockSize)
+        for round in 0..<rounds {  // the reads race the head's end: each round is a fresh object
+            let object = registry.acquire(try store.head(key: "obj\(round)"))
+            defer { registry.release(object) }
+            let base: Int64 = 0
+            store.hold()
+            let done = Monitor()
+            var small: [UInt8]? = nil
+            var large: [UInt8]? = nil
+            ThreadStart {
+                let bytes = try? self.read(object, base + 10, 8)  // answered by a head GET
+                done.withLock { small = bytes }
+                done.broadcast()
+            }.start()
+            var spins = 0
+            while store.gets.load(ordering: .relaxed) < 2 * round + 1 {  // each earlier round: head, then rest
+                spins += 1
+                try #require(spins < 10_000_000, "the small read started no GET")
+                sched_yield()
+            }
+            ThreadStart {
+                let bytes = try? self.read(object, base, Int(blockSize))  // joins the head's fill, needs all of it
+                done.withLock { large = bytes }
+                done.broadcast()
+            }.start()
+            spins = 0
+            while object.waitingReaderCount < 2 {
+                spins += 1
+                try #require(spins < 10_000_000, "the large read did not join the head's fill")
+                sched_yield()
+            }
+            store.release()
+            let deadline = Monitor.deadline(after: 10)
+            let finished = done.withLock {
+                while small == nil || large == nil {
+                    if !done.wait(until: deadline) { return false }
+                }
+                return true
+            }
+            try #require(finished, "round \(round): a read still waits for a block nothing fetches")
+            #expect(small == Array(data[Int(base + 10)..<Int(base + 18)]))
+            #expect(large == Array(data[Int(base)..<Int(base + blockSize)]))
+        }
+    }
+
     @Test func idleHeadsAreBounded() {
         let heads = IdleHeads(limit: 2)
         #expect(heads.reserve() && heads.reserve())
