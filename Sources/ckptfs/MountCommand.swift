@@ -128,6 +128,18 @@ struct MountCommand: ParsableCommand {
         if leftStaged > 0 { throw ExitCode(2) }
     }
 
+    /// Raises the soft limit on open descriptors to the hard one (at most 2^20), as servers do: every open
+    /// file can hold up to 16 cache files, and every GET a connection, so the usual soft 1024 runs out with
+    /// some 60 files open (reads then failed with EMFILE).
+    private func raiseDescriptorLimit() {
+        var limit = rlimit()
+        guard getrlimit(descriptorLimitResource, &limit) == 0 else { return }
+        let wanted = min(limit.rlim_max, 1 << 20)
+        guard limit.rlim_cur < wanted else { return }
+        limit.rlim_cur = wanted
+        _ = setrlimit(descriptorLimitResource, &limit)
+    }
+
     /// Mounts and serves until unmounted; returns how many upload operations were left staged.
     private func serve(_ plan: MountPlan, ready: inout ReadyChannel?) throws(CLIError) -> Int {
         // Every path in the plan is absolute: the daemon must not keep the caller's directory (on another
@@ -136,6 +148,7 @@ struct MountCommand: ParsableCommand {
         // Reports to a parent that is gone (interrupted) must not kill the daemon; libfuse ignores SIGPIPE
         // from the mount on anyway.
         signal(SIGPIPE, SIG_IGN)
+        raiseDescriptorLimit()
         let fileSystem: FileSystem
         if let ready {
             fileSystem = try ready.reportingBusy { () throws(CLIError) in try plan.openFileSystem() }
@@ -236,3 +249,6 @@ extension String {
         _ = withCString { Glibc.write(fd, $0, strlen($0)) }
     }
 }
+
+/// `RLIMIT_NOFILE` as the type glibc's `getrlimit` and `setrlimit` take.
+private let descriptorLimitResource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)

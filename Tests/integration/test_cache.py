@@ -5,7 +5,7 @@ import platform
 import subprocess
 import uuid
 
-from support import BIG_FILE, sha256_file
+from support import BIG_FILE, run, sha256_file
 
 
 def walk_everything(root) -> int:
@@ -115,3 +115,23 @@ def test_header_reads_of_many_open_files_then_whole_reads_return_every_byte(moun
     finally:
         for fd in files.values():
             os.close(fd)
+
+
+def test_many_open_files_are_read_under_a_low_descriptor_limit(mounter, tmp_path):
+    store = tmp_path / "store" / "p" / "j"
+    store.mkdir(parents=True)
+    shards = {f"shard-{i:02d}.bin": os.urandom(16 << 20) for i in range(8)}
+    for name, data in shards.items():
+        (store / name).write_bytes(data)
+    argv, mountpoint, _ = mounter.command(f"file://{tmp_path / 'store'}", args=["--block-size", "1M"])
+    mounted = run(["prlimit", "--nofile=32:4096", *argv])  # 8 files of 16 blocks need more than 32
+    assert mounted.returncode == 0, mounted.stderr
+    files = [open(mountpoint / "p" / "j" / name, "rb") for name in shards]  # all open at once, as a loader
+    try:
+        for epoch in range(3):  # later passes read blocks from their cache files
+            for handle, data in zip(files, shards.values()):
+                handle.seek(0)
+                assert handle.read() == data, f"epoch {epoch}"
+    finally:
+        for handle in files:
+            handle.close()
