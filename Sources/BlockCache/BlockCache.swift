@@ -18,6 +18,9 @@ public final class BlockCache: Sendable {
     let lock: DirectoryLock
     private let state: Mutex<State>
     private let tempCounter = Atomic<UInt64>(0)
+    /// Told which blocks were evicted, so that readers holding their files open close them (an unlinked
+    /// file keeps its disk space while a descriptor is open).
+    private let evictionObserver = Mutex<(@Sendable ([BlockKey]) -> Void)?>(nil)
     private let logger = Logger(label: "ckptfs.cache")
 
     struct Entry {
@@ -134,6 +137,16 @@ public final class BlockCache: Sendable {
         return (entry, fd, path)
     }
 
+    /// Registers the one observer of evictions (the object registry of the mount).
+    public func observeEvictions(_ observer: @escaping @Sendable ([BlockKey]) -> Void) {
+        evictionObserver.withLock { $0 = observer }
+    }
+
+    /// Deletes a block its reader found damaged (shorter than indexed), so it is fetched again.
+    public func discard(_ key: BlockKey) {
+        dropCorrupt(key, path: path(for: key))
+    }
+
     /// Deletes a block that failed verification, so it is fetched again instead of served.
     private func dropCorrupt(_ key: BlockKey, path: String) {
         logger.warning("dropping corrupt cache block", metadata: ["file": "\(path)"])
@@ -211,8 +224,10 @@ public final class BlockCache: Sendable {
             }
             return victims
         }
+        guard !victims.isEmpty else { return }
         for key in victims { unlink(path(for: key)) }
-        if !victims.isEmpty { logger.debug("evicted cache blocks", metadata: ["count": "\(victims.count)"]) }
+        logger.debug("evicted cache blocks", metadata: ["count": "\(victims.count)"])
+        evictionObserver.withLock { $0 }?(victims)
     }
 
     /// Rebuilds the index from the files present; deletes leftover temporary files.

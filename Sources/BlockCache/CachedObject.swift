@@ -133,6 +133,7 @@ public final class CachedObject: @unchecked Sendable {
         startFetches(from: offset, through: min(size, offset + max(prefetch, end - offset)))
         let singleBlock = offset / blockSize == (end - 1) / blockSize
         var position = offset
+        var refetched = false
         while position < end {
             let index = Int(position / blockSize)
             let blockStart = Int64(index) * blockSize
@@ -150,7 +151,11 @@ public final class CachedObject: @unchecked Sendable {
             case .file(let file):
                 let target = UnsafeMutableRawBufferPointer(start: scratch + Int(position - offset), count: length)
                 guard readFully(file.fd, target, at: position - blockStart) else {
-                    throw .io(path: "cache block of \(key)", errno: errno == 0 ? EIO : errno)
+                    // Damaged since it was verified (cut short underneath us): fetched again, once.
+                    guard !refetched else { throw .io(path: "cache block of \(key)", errno: EIO) }
+                    refetched = true
+                    discard(file, index)
+                    continue
                 }
                 if singleBlock { deliver(UnsafeRawBufferPointer(target)) }
             }
@@ -196,12 +201,34 @@ public final class CachedObject: @unchecked Sendable {
         }
     }
 
+    /// Forgets the cache file `file` of block `index` and deletes it from the cache.
+    private func discard(_ file: OpenFile, _ index: Int) {
+        monitor.withLock {
+            if files[index] === file {
+                files.removeValue(forKey: index)
+                openOrder.removeAll { $0 == index }
+            }
+            stored[index] = false
+        }
+        cache.discard(BlockKey(object: id, index: index))
+    }
+
     /// Keeps `file` open for block `index`, closing the oldest beyond `openFileLimit`. Call with the
     /// monitor held.
     private func keepOpen(_ file: OpenFile, _ index: Int) {
         files[index] = file
         openOrder.append(index)
         while openOrder.count > Self.openFileLimit { files.removeValue(forKey: openOrder.removeFirst()) }
+    }
+
+    /// Closes the files of evicted blocks `indices` (a read using one keeps it until it is done).
+    func closeFiles(of indices: [Int]) {
+        monitor.withLock {
+            for index in indices where files.removeValue(forKey: index) != nil {
+                openOrder.removeAll { $0 == index }
+            }
+            for index in indices where index < stored.count { stored[index] = false }
+        }
     }
 
     /// Cache files held open (observability for tests).

@@ -15,6 +15,14 @@ public final class ObjectRegistry: Sendable {
         self.cache = cache
         self.blockSize = blockSize
         context = FetchContext(fetchThreads: fetchThreads, blockSize: Int(blockSize))
+        cache.observeEvictions { [weak self] keys in self?.evicted(keys) }
+    }
+
+    /// Has the open objects among the owners of evicted blocks close those blocks' files.
+    private func evicted(_ keys: [BlockKey]) {
+        for (id, blocks) in Dictionary(grouping: keys, by: \.object) {
+            open.withLock { $0[id]?.object }?.closeFiles(of: blocks.map(\.index))
+        }
     }
 
     /// The shared reader for `info`; balance with `release`.

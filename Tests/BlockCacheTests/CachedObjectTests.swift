@@ -101,6 +101,75 @@ import TestSupport
         #expect(object.openFileCount <= 16)
     }
 
+    @Test func aCacheFileCutShortWhileOpenIsFetchedAgain() throws {
+        let scratch = ScratchDirectory()
+        let data = pattern(40 * Int(blockSize))
+        let store = CountingStore(objects: ["obj": data])
+        let cache = try BlockCache(directory: scratch.path, capacity: 64 << 20)
+        let registry = makeRegistry(store, cache)
+        _ = try read(registry.acquire(try store.head(key: "obj")), 0, data.count, prefetch: Int64(data.count))
+        registry.flush()
+        cache.lock.release()  // as if its process had ended: the next cache is a remount's
+        let reopened = try BlockCache(directory: scratch.path, capacity: 64 << 20)
+        let object = try makeObject(store, reopened)
+        // The first pass loads each block into memory; later ones read them from their cache files.
+        for pass in 0..<8 where object.openFileCount == 0 {
+            for block in 30..<40 {
+                let offset = block * Int(blockSize) + pass
+                #expect(try read(object, Int64(offset), 1) == [data[offset]])
+            }
+        }
+        try #require(object.openFileCount > 0)
+        for block in 30..<40 { truncate(reopened.path(for: BlockKey(object: object.id, index: block)), 1000) }
+        let gets = store.gets.load(ordering: .relaxed)
+        for block in 30..<40 {
+            let offset = block * Int(blockSize) + 5000
+            #expect(try read(object, Int64(offset), 100) == Array(data[offset..<(offset + 100)]))
+        }
+        #expect(store.gets.load(ordering: .relaxed) > gets, "no block was read from its cut file")
+    }
+
+    @Test func evictedBlocksFilesAreClosedByTheObjectsHoldingThem() throws {
+        let scratch = ScratchDirectory()
+        let data = pattern(40 * Int(blockSize))
+        let store = CountingStore(objects: ["a": data, "b": data])
+        let cache = try BlockCache(directory: scratch.path, capacity: 64 << 20)
+        let registry = makeRegistry(store, cache)
+        _ = try read(registry.acquire(try store.head(key: "a")), 0, data.count, prefetch: Int64(data.count))
+        registry.flush()
+        cache.lock.release()  // as if its process had ended: the next cache is a remount's
+        // Room for 50 blocks: storing the other object's 40 evicts most of the first one's.
+        let small = try BlockCache(directory: scratch.path, capacity: 50 * (blockSize + Int64(BlockFile.alignment)))
+        let smallRegistry = makeRegistry(store, small)
+        let holder = smallRegistry.acquire(try store.head(key: "a"))
+        for pass in 0..<8 where holder.openFileCount == 0 {  // as above: until it reads from cache files
+            for block in 0..<40 {
+                let offset = block * Int(blockSize) + pass
+                #expect(try read(holder, Int64(offset), 1) == [data[offset]])
+            }
+        }
+        try #require(holder.openFileCount > 0)
+        _ = try read(smallRegistry.acquire(try store.head(key: "b")), 0, data.count, prefetch: Int64(data.count))
+        smallRegistry.flush()
+        #expect(deletedFilesOpen(under: scratch.path) == 0, "evicted cache files are kept open, and their disk space with them")
+    }
+
+    /// How many of this process's descriptors are of deleted files below `directory`.
+    private func deletedFilesOpen(under directory: String) -> Int {
+        guard let fds = opendir("/proc/self/fd") else { return -1 }
+        defer { closedir(fds) }
+        var count = 0
+        var target = [CChar](repeating: 0, count: 4096)
+        while let entry = readdir(fds) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let length = readlink("/proc/self/fd/" + name, &target, target.count - 1)
+            guard length > 0 else { continue }
+            let path = String(decoding: target[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if path.hasPrefix(directory + "/") && path.hasSuffix(" (deleted)") { count += 1 }
+        }
+        return count
+    }
+
     @Test func aCorruptStoredBlockAheadOfAReaderIsFetchedAgainAndServedRight() throws {
         let scratch = ScratchDirectory()
         let data = pattern(Int(blockSize) * 4)
@@ -248,7 +317,23 @@ import TestSupport
         let store = CountingStore(objects: ["obj": pattern(1000)])
         let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
         store.failNext(1)
-        #expect(throws: StoreError.self) { try read(object, 0, 10) }
+        store.hold()  // the GET fails only once the reader waits for it (else the reader would start a new one)
+        let done = Monitor()
+        var outcome: Result<[UInt8], any Error>? = nil
+        ThreadStart {
+            let result = Result { try self.read(object, 0, 10) }
+            done.withLock { outcome = result }
+            done.broadcast()
+        }.start()
+        var spins = 0
+        while object.waitingReaderCount < 1 {
+            spins += 1
+            try #require(spins < 10_000_000, "the reader never waited for its GET")
+            sched_yield()
+        }
+        store.release()
+        done.withLock { while outcome == nil { done.wait() } }
+        #expect(throws: StoreError.self) { try outcome!.get() }
         #expect(try read(object, 0, 10) == Array(pattern(1000)[0..<10]))
     }
 }
