@@ -23,6 +23,17 @@ import TestSupport
         return result
     }
 
+    /// Reads object `key` whole through a cache in `scratch`, stores every block and lets go of the cache,
+    /// as if its process had ended: the next cache over `scratch` is a remount's.
+    private func storeWhole(_ key: String, of store: CountingStore, in scratch: ScratchDirectory) throws {
+        let cache = try BlockCache(directory: scratch.path, capacity: 64 << 20)
+        let registry = makeRegistry(store, cache)
+        let size = Int(try store.head(key: key).size)
+        _ = try read(registry.acquire(try store.head(key: key)), 0, size, prefetch: Int64(size))
+        registry.flush()
+        cache.lock.release()
+    }
+
     @Test func readsExactBytesAcrossBlockBoundaries() throws {
         let scratch = ScratchDirectory()
         let data = pattern(300_000)
@@ -84,11 +95,7 @@ import TestSupport
         let scratch = ScratchDirectory()
         let data = pattern(40 * Int(blockSize))
         let store = CountingStore(objects: ["obj": data])
-        let cache = try BlockCache(directory: scratch.path, capacity: 64 << 20)
-        let registry = makeRegistry(store, cache)
-        _ = try read(registry.acquire(try store.head(key: "obj")), 0, data.count, prefetch: Int64(data.count))
-        registry.flush()
-        cache.lock.release()  // as if its process had ended: the next cache is a remount's
+        try storeWhole("obj", of: store, in: scratch)
         let object = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
         // The first pass loads each block into memory; the second reads them from their cache files.
         for pass in 0..<2 {
@@ -105,11 +112,7 @@ import TestSupport
         let scratch = ScratchDirectory()
         let data = pattern(40 * Int(blockSize))
         let store = CountingStore(objects: ["obj": data])
-        let cache = try BlockCache(directory: scratch.path, capacity: 64 << 20)
-        let registry = makeRegistry(store, cache)
-        _ = try read(registry.acquire(try store.head(key: "obj")), 0, data.count, prefetch: Int64(data.count))
-        registry.flush()
-        cache.lock.release()  // as if its process had ended: the next cache is a remount's
+        try storeWhole("obj", of: store, in: scratch)
         let reopened = try BlockCache(directory: scratch.path, capacity: 64 << 20)
         let object = try makeObject(store, reopened)
         // The first pass loads each block into memory; later ones read them from their cache files.
@@ -133,11 +136,7 @@ import TestSupport
         let scratch = ScratchDirectory()
         let data = pattern(40 * Int(blockSize))
         let store = CountingStore(objects: ["a": data, "b": data])
-        let cache = try BlockCache(directory: scratch.path, capacity: 64 << 20)
-        let registry = makeRegistry(store, cache)
-        _ = try read(registry.acquire(try store.head(key: "a")), 0, data.count, prefetch: Int64(data.count))
-        registry.flush()
-        cache.lock.release()  // as if its process had ended: the next cache is a remount's
+        try storeWhole("a", of: store, in: scratch)
         // Room for 50 blocks: storing the other object's 40 evicts most of the first one's.
         let small = try BlockCache(directory: scratch.path, capacity: 50 * (blockSize + Int64(BlockFile.alignment)))
         let smallRegistry = makeRegistry(store, small)

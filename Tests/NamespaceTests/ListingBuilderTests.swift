@@ -60,12 +60,19 @@ import Testing
         #expect(builder.directories["j/"]?["latest"] == .file(object("j/latest")))
     }
 
-    @Test func projectLatestIsTheMostRecentlyWrittenCheckpoint() {
+    /// The listing of the project `proj/` holding `objects` (key, modification time), in that order.
+    private func project(_ objects: [(String, Int64)]) -> ListingBuilder {
         var builder = ListingBuilder(base: "proj/") { _ in }
-        builder.add(object: object("proj/old/checkpoint-50/rank-0/a", modified: 100))
-        builder.add(object: object("proj/new/checkpoint-3/rank-0/a", modified: 200))
-        builder.add(object: object("proj/new/checkpoint-4/rank-0/a", modified: 150))
+        for (key, modified) in objects { builder.add(object: object(key, modified: modified)) }
         builder.addReferences(projects: ["proj/"])
+        return builder
+    }
+
+    @Test func projectLatestIsTheMostRecentlyWrittenCheckpoint() {
+        let builder = project([
+            ("proj/old/checkpoint-50/rank-0/a", 100), ("proj/new/checkpoint-3/rank-0/a", 200),
+            ("proj/new/checkpoint-4/rank-0/a", 150),
+        ])
         #expect(builder.directories["proj/"]?["latest"] == .symlink(target: "new/checkpoint-3"))
         #expect(builder.directories["proj/new/"]?["latest"] == .symlink(target: "checkpoint-4"))
     }
@@ -74,22 +81,19 @@ import Testing
         // Keys of one checkpoint interleaved with another's (a listing in pages merged out of order, or a
         // store that does not sort): the times below a directory met twice are merged, not replaced.
         for late: Int64 in [50, 500] {
-            var builder = ListingBuilder(base: "proj/") { _ in }
-            builder.add(object: object("proj/job/checkpoint-1/rank-0/a", modified: 300))
-            builder.add(object: object("proj/job/checkpoint-2/rank-0/a", modified: 200))
-            builder.add(object: object("proj/job/checkpoint-1/rank-1/b", modified: late))
-            builder.add(object: object("proj/job/checkpoint-2/rank-0/c", modified: 100))
-            builder.addReferences(projects: ["proj/"])
+            let builder = project([
+                ("proj/job/checkpoint-1/rank-0/a", 300), ("proj/job/checkpoint-2/rank-0/a", 200),
+                ("proj/job/checkpoint-1/rank-1/b", late), ("proj/job/checkpoint-2/rank-0/c", 100),
+            ])
             #expect(builder.directories["proj/"]?["latest"] == .symlink(target: "job/checkpoint-1"))
             #expect(builder.directories["proj/job/checkpoint-1/"]?.keys.sorted() == ["rank-0", "rank-1"])
             #expect(builder.directories["proj/job/checkpoint-2/rank-0/"]?.keys.sorted() == ["a", "c"])
         }
-        var builder = ListingBuilder(base: "proj/") { _ in }
-        builder.add(object: object("proj/job/checkpoint-1/rank-0/a", modified: 100))
-        builder.add(object: object("proj/job/checkpoint-2/rank-0/a", modified: 200))
-        builder.add(object: object("proj/job/checkpoint-1/rank-0/b", modified: 300))
-        builder.addReferences(projects: ["proj/"])
-        #expect(builder.directories["proj/"]?["latest"] == .symlink(target: "job/checkpoint-1"))
+        let reentered = project([
+            ("proj/job/checkpoint-1/rank-0/a", 100), ("proj/job/checkpoint-2/rank-0/a", 200),
+            ("proj/job/checkpoint-1/rank-0/b", 300),
+        ])
+        #expect(reentered.directories["proj/"]?["latest"] == .symlink(target: "job/checkpoint-1"))
     }
 
     @Test func namesStartingWithACombiningMarkSplitAtTheSlashByte() {

@@ -9,28 +9,15 @@ import TestSupport
 /// The order of queued operations on one key, and what happens to staged files replaced meanwhile.
 @Suite struct OverlayQueueTests {
     /// A local bucket whose first `copyFailures` copies fail, as a server's transient error would.
-    final class FlakyCopyStore: ObjectStore {
+    final class FlakyCopyStore: LocalBucketStore {
         let bucket: LocalStore
         let copyFailures: Atomic<Int>
-        var identity: String { bucket.identity }
 
         init(root: String, copyFailures: Int) {
             bucket = LocalStore(root: root)
             self.copyFailures = Atomic(copyFailures)
         }
 
-        func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage {
-            try bucket.list(prefix: prefix, delimiter: delimiter, continuationToken: continuationToken, maxKeys: maxKeys)
-        }
-        func head(key: String) throws(StoreError) -> ObjectInfo { try bucket.head(key: key) }
-        func get(key: String, range: Range<Int64>, etag: String?, sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
-            try bucket.get(key: key, range: range, etag: etag, sink: sink)
-        }
-        func checkAccess(prefix: String) throws(StoreError) {}
-        func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
-            try bucket.put(key: key, fd: fd, size: size, options: options)
-        }
-        func delete(key: String) throws(StoreError) { try bucket.delete(key: key) }
         func copy(from source: String, to destination: String) throws(StoreError) -> String {
             if copyFailures.subtract(1, ordering: .relaxed).newValue >= 0 {
                 throw .transport(operation: "CopyObject", detail: "connection reset")

@@ -19,6 +19,28 @@ extension EmptyStore {
     func checkAccess(prefix: String) throws(StoreError) {}
 }
 
+/// A store that passes everything on to a local bucket; a test's store replaces what it watches or breaks.
+protocol LocalBucketStore: ObjectStore {
+    var bucket: LocalStore { get }
+}
+
+extension LocalBucketStore {
+    var identity: String { bucket.identity }
+    func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage {
+        try bucket.list(prefix: prefix, delimiter: delimiter, continuationToken: continuationToken, maxKeys: maxKeys)
+    }
+    func head(key: String) throws(StoreError) -> ObjectInfo { try bucket.head(key: key) }
+    func get(key: String, range: Range<Int64>, etag: String?, sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
+        try bucket.get(key: key, range: range, etag: etag, sink: sink)
+    }
+    func checkAccess(prefix: String) throws(StoreError) {}
+    func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+        try bucket.put(key: key, fd: fd, size: size, options: options)
+    }
+    func delete(key: String) throws(StoreError) { try bucket.delete(key: key) }
+    func copy(from source: String, to destination: String) throws(StoreError) -> String { try bucket.copy(from: source, to: destination) }
+}
+
 @Suite struct OverlayRecoveryTests {
     /// A store whose writes fail, standing in for a server that is down.
     final class UnreachableStore: EmptyStore {
@@ -239,25 +261,14 @@ extension EmptyStore {
     }
 
     /// A local bucket that records the key of every put.
-    final class RecordingStore: ObjectStore {
+    final class RecordingStore: LocalBucketStore {
         let bucket: LocalStore
         let puts = Mutex<[String]>([])
-        var identity: String { bucket.identity }
         init(root: String) { bucket = LocalStore(root: root) }
-        func list(prefix: String, delimiter: String?, continuationToken: String?, maxKeys: Int?) throws(StoreError) -> ListPage {
-            try bucket.list(prefix: prefix, delimiter: delimiter, continuationToken: continuationToken, maxKeys: maxKeys)
-        }
-        func head(key: String) throws(StoreError) -> ObjectInfo { try bucket.head(key: key) }
-        func get(key: String, range: Range<Int64>, etag: String?, sink: (UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
-            try bucket.get(key: key, range: range, etag: etag, sink: sink)
-        }
-        func checkAccess(prefix: String) throws(StoreError) {}
         func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
             puts.withLock { $0.append(key) }
             return try bucket.put(key: key, fd: fd, size: size, options: options)
         }
-        func delete(key: String) throws(StoreError) { try bucket.delete(key: key) }
-        func copy(from source: String, to destination: String) throws(StoreError) -> String { try bucket.copy(from: source, to: destination) }
     }
 
     @Test func aFileRenamedWhileItUploadsIsUploadedUnderTheNewNameOnlyAfterACrash() throws {
