@@ -100,6 +100,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private var written: Set<ExactString> = []
     /// Keys this daemon has put into the store (listings may not show them yet).
     private var uploadedKeys: Set<ExactString> = []
+    /// Every directory prefix above a key this daemon has put or copied into the store (a file:// store has
+    /// made those directories), for as long as it runs.
+    private var directoriesWritten: Set<ExactString> = []
     private var pending: [Operation] = []
     private var running: [UInt64: Operation] = [:]
     private var nextID: UInt64 = 1
@@ -529,12 +532,18 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         try monitor.withLock { () throws(OverlayError) in
             let (parent, name) = Self.split(String(prefix.dropLast()))
             // Its marker object (`prefix` itself; the directory, in a file:// store, which puts of this mount
-            // may have made), if there is one, goes too, after every queued change below it: else the directory
-            // comes back at the next mount. Deleting a marker that does not exist changes nothing.
-            let id = nextID
-            nextID += 1
-            try journal.append([.delete(id: id, key: prefix)])
-            pending.append(Operation(id: id, kind: .delete(prefix)))
+            // may have made), if there can be one, goes too, after every queued change below it: else the
+            // directory comes back at the next mount. A directory only made here and never written to has none.
+            let below = { (key: ExactString) in key.string.utf8.starts(with: prefix.utf8) }
+            if existsRemotely || directoriesWritten.contains(ExactString(prefix))
+                || pending.contains(where: { $0.keys.contains(where: below) })
+                || running.values.contains(where: { $0.keys.contains(where: below) })
+            {
+                let id = nextID
+                nextID += 1
+                try journal.append([.delete(id: id, key: prefix)])
+                pending.append(Operation(id: id, kind: .delete(prefix)))
+            }
             if existsRemotely {
                 tree[parent, default: [:]][name] = .removed
             } else {
@@ -768,13 +777,21 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 finishUpload(file, id: operation.id, info: ObjectInfo(key: key, size: size, modified: file.modified, etag: etag))
                 return nil
             case .delete(let key):
-                try store.delete(key: key)
+                do throws(StoreError) {
+                    try store.delete(key: key)
+                } catch {
+                    // A marker the store refuses to delete (a bucket that allows no deletes) is left: its
+                    // directory shows again at the next mount, as an empty one.
+                    guard case .accessDenied = error, key.utf8.last == UInt8(ascii: "/") else { throw error }
+                    logger.warning("could not delete a directory marker; it stays in the bucket", metadata: ["key": "\(key)", "error": "\(error)"])
+                }
                 monitor.withLock { _ = uploadedKeys.remove(ExactString(key)) }
             case .copy(let source, let destination):
                 let etag = try store.copy(from: source, to: destination)
                 // Until now the destination was read from the source object; from here on from the copy.
                 monitor.withLock {
                     uploadedKeys.insert(ExactString(destination))
+                    noteDirectoriesLocked(of: destination)
                     if case .present(.file(let old)) = changeLocked(destination), ExactString(old.key) == ExactString(source) {
                         insertLocked(destination, .present(.file(ObjectInfo(key: destination, size: old.size, modified: old.modified, etag: etag))))
                     }
@@ -792,6 +809,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         try? journal.append([.done(id)])
         monitor.withLock {
             uploadedKeys.insert(ExactString(info.key))
+            noteDirectoriesLocked(of: info.key)
             guard file.upload == id, ExactString(file.key) == ExactString(info.key) else {
                 // Dropped (rewritten, deleted or renamed over) while this upload ran: nothing refers to the
                 // staged file any more, so it goes now (writers still holding it keep their descriptor).
@@ -917,6 +935,15 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             (parent, name) = Self.split(String(directory.dropLast()))
             if case .present = tree[parent]?[name] { break }
             tree[parent, default: [:]][name] = .present(.directory(prefix: directory))
+        }
+    }
+
+    /// Records the directories above `key` as written. Call with the monitor held.
+    private func noteDirectoriesLocked(of key: String) {
+        var position = key.utf8.startIndex
+        while let slash = key.utf8[position...].firstIndex(of: UInt8(ascii: "/")) {
+            position = key.utf8.index(after: slash)
+            directoriesWritten.insert(ExactString(String(key.unicodeScalars[..<position])))
         }
     }
 

@@ -53,6 +53,26 @@ import TestSupport
         #expect(keys == ["checkpoint-1/model.bin"], "the source was deleted before its copy succeeded")
     }
 
+    /// A bucket that allows no deletes.
+    final class NoDeleteStore: LocalBucketStore {
+        let bucket: LocalStore
+        init(root: String) { bucket = LocalStore(root: root) }
+        func delete(key: String) throws(StoreError) { throw .accessDenied(operation: "DeleteObject", detail: "AccessDenied") }
+    }
+
+    @Test func removingADirectoryMadeHereSendsNothingAndARefusedMarkerDeleteIsNotRetried() throws {
+        let staging = ScratchDirectory()
+        let bucket = ScratchDirectory()
+        let overlay = try Overlay(
+            store: NoDeleteStore(root: bucket.path), configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
+        overlay.mkdir("tmp/")
+        try overlay.rmdir("tmp/", existsRemotely: false)  // never in the store: no marker to delete
+        #expect(overlay.status().queued + overlay.status().inFlight == 0)
+        try overlay.rmdir("listed/", existsRemotely: true)  // its marker delete is refused: left, not failing
+        #expect(overlay.sync(prefix: "").isEmpty)
+        #expect(overlay.status().failing.isEmpty)
+    }
+
     @Test func renamingAStoredFileOverAStagedOneDropsTheStagedOne() throws {
         let staging = ScratchDirectory()
         let overlay = try Overlay(
