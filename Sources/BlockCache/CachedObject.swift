@@ -204,13 +204,15 @@ public final class CachedObject: @unchecked Sendable {
     /// Forgets the cache file `file` of block `index` and deletes it from the cache.
     private func discard(_ file: OpenFile, _ index: Int) {
         monitor.withLock {
-            if files[index] === file {
-                files.removeValue(forKey: index)
-                openOrder.removeAll { $0 == index }
-            }
+            if files[index] === file { closeFileLocked(index) }
             stored[index] = false
         }
         cache.discard(BlockKey(object: id, index: index))
+    }
+
+    /// Stops keeping block `index`'s cache file open. Call with the monitor held.
+    private func closeFileLocked(_ index: Int) {
+        if files.removeValue(forKey: index) != nil { openOrder.removeAll { $0 == index } }
     }
 
     /// Keeps `file` open for block `index`, closing the oldest beyond `openFileLimit`. Call with the
@@ -224,10 +226,10 @@ public final class CachedObject: @unchecked Sendable {
     /// Closes the files of evicted blocks `indices` (a read using one keeps it until it is done).
     func closeFiles(of indices: [Int]) {
         monitor.withLock {
-            for index in indices where files.removeValue(forKey: index) != nil {
-                openOrder.removeAll { $0 == index }
+            for index in indices where index < stored.count {
+                closeFileLocked(index)
+                stored[index] = false
             }
-            for index in indices where index < stored.count { stored[index] = false }
         }
     }
 

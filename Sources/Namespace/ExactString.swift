@@ -32,6 +32,18 @@ public struct ExactString: Hashable, Comparable, Sendable, ExpressibleByStringLi
         a.string.utf8.lexicographicallyPrecedes(b.string.utf8)
     }
 
+    /// Whether these bytes begin with all of `prefix`'s (one `memcmp`).
+    public func starts(with prefix: ExactString) -> Bool {
+        let count = prefix.string.utf8.count
+        guard string.utf8.count >= count else { return false }
+        return withBytes { whole in
+            prefix.withBytes { start in
+                guard let whole = whole.baseAddress, let start = start.baseAddress else { return true }
+                return memcmp(whole, start, count) == 0
+            }
+        }
+    }
+
     public func hash(into hasher: inout Hasher) {
         withBytes { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
     }

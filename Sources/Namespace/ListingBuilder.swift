@@ -30,26 +30,33 @@ public struct ListingBuilder {
         guard let relative = NameRules.suffix(of: object.key, after: base) else { return }
         if relative.isEmpty { return }  // the directory's own marker object
         let isMarker = relative.utf8.last == UInt8(ascii: "/")
+        let fileName: Substring?
         if !isMarker, let name = NameRules.suffix(of: object.key, after: chain[chain.count - 1].prefix), NameRules.isValid(name) {
-            // A file in the directory of the key before (the usual case: listings come sorted).
-            for position in chain.indices { chain[position].newest = max(chain[position].newest, object.modified) }
-            addFile(String(name), object, in: chain[chain.count - 1].prefix)
-            return
+            fileName = name  // a file in the directory of the key before (the usual case: listings come sorted)
+        } else {
+            guard NameRules.isValidPath(relative) else {
+                warn("skipping key '\(object.key)': not a valid path (empty, '.', '..' or over-long segment)")
+                return
+            }
+            var segments = NameRules.segments(relative)
+            if isMarker { segments.removeLast() }
+            fileName = isMarker ? nil : segments.removeLast()
+            enterChain(segments)
         }
-        var segments = NameRules.segments(relative)
-        if isMarker { segments.removeLast() }
-        guard segments.allSatisfy(NameRules.isValid) else {
-            warn("skipping key '\(object.key)': not a valid path (empty, '.', '..' or over-long segment)")
-            return
-        }
-        let directoryCount = isMarker ? segments.count : segments.count - 1
-        // chain[depth] is the directory of segments[depth - 1]; the ones this key shares are kept.
+        for position in chain.indices { chain[position].newest = max(chain[position].newest, object.modified) }
+        if let fileName { addFile(String(fileName), object, in: chain[chain.count - 1].prefix) }
+    }
+
+    /// Makes the chain the base and the directories `segments` below it: the ones the chain already holds
+    /// are kept, the others added.
+    private mutating func enterChain(_ segments: [Substring]) {
+        // chain[depth] is the directory of segments[depth - 1].
         var depth = 1
-        while depth <= directoryCount && depth < chain.count && chain[depth].name.utf8.elementsEqual(segments[depth - 1].utf8) {
+        while depth <= segments.count && depth < chain.count && chain[depth].name.utf8.elementsEqual(segments[depth - 1].utf8) {
             depth += 1
         }
         leaveChain(from: depth)
-        while depth <= directoryCount {
+        while depth <= segments.count {
             let name = String(segments[depth - 1])
             let directory = chain[depth - 1].prefix
             let child = directory + name + "/"
@@ -57,8 +64,12 @@ public struct ListingBuilder {
             chain.append((segments[depth - 1], child, .min))
             depth += 1
         }
-        for position in 0...directoryCount { chain[position].newest = max(chain[position].newest, object.modified) }
-        if !isMarker { addFile(String(segments[segments.count - 1]), object, in: chain[directoryCount].prefix) }
+    }
+
+    /// Whether the base directory holds a file `name` (one a common prefix of the same name would hide).
+    public func holdsFile(_ name: Substring) -> Bool {
+        if case .file = directories[ExactString(base)]?[ExactString(String(name))] { return true }
+        return false
     }
 
     /// Merges the chain's times from `depth` on into `newest` and drops those directories from the chain.

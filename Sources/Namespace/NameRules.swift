@@ -1,5 +1,3 @@
-import Glibc
-
 /// Which key segments can be file names. Anything else is skipped (with a warning), so no key can name
 /// a path outside the mount or one the kernel would reject.
 public enum NameRules {
@@ -27,18 +25,16 @@ public enum NameRules {
     /// `key` without `prefix`, compared byte by byte (not as `Character`s, nor by canonical equivalence as
     /// `hasPrefix` does); nil if `key` does not start with those bytes.
     public static func suffix(of key: String, after prefix: String) -> Substring? {
-        guard startsWithBytes(key, prefix) else { return nil }
+        guard ExactString(key).starts(with: ExactString(prefix)) else { return nil }
         return Substring(key.unicodeScalars[key.utf8.index(key.startIndex, offsetBy: prefix.utf8.count)...])
     }
 
-    /// Whether `string`'s UTF-8 bytes begin with all of `prefix`'s (one `memcmp` for native strings).
-    private static func startsWithBytes(_ string: String, _ prefix: String) -> Bool {
-        let count = prefix.utf8.count
-        guard string.utf8.count >= count else { return false }
-        let compared = string.utf8.withContiguousStorageIfAvailable { whole in
-            prefix.utf8.withContiguousStorageIfAvailable { start in count == 0 || memcmp(whole.baseAddress!, start.baseAddress!, count) == 0 }
-        }
-        return (compared ?? nil) ?? string.utf8.starts(with: prefix.utf8)
+    /// Whether `relative`, a key below a directory, is a path the mount can show: every segment a valid name
+    /// (a trailing `/`, a directory marker, ends the last one).
+    public static func isValidPath(_ relative: Substring) -> Bool {
+        var segments = segments(relative)
+        if relative.utf8.last == UInt8(ascii: "/") { segments.removeLast() }
+        return segments.allSatisfy(isValid)
     }
 
     /// The `/`-separated segments of `path`, split at `/` bytes.

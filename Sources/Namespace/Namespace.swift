@@ -484,11 +484,12 @@ public final class Namespace: Sendable {
         let page = try store.listAll(prefix: prefix, delimiter: "/")
         var builder = ListingBuilder(base: prefix, warn: warnOnce)
         for object in page.objects { builder.add(object: object) }
-        let files = Set(page.objects.map { ExactString($0.key) })
         for common in page.commonPrefixes {
             // A name that is a file and a prefix is a directory only if a key below it is a valid path, as in
             // a flat listing: a prefix of skipped keys alone (`x//y`) must not hide the file `x`.
-            if files.contains(ExactString(String(common.dropLast()))), try !holdsValidKey(common) { continue }
+            if let name = NameRules.suffix(of: common, after: prefix)?.dropLast(), builder.holdsFile(name), try !holdsValidKey(common) {
+                continue
+            }
             builder.add(commonPrefix: common)
         }
         builder.addReferences()
@@ -503,10 +504,7 @@ public final class Namespace: Sendable {
             let page = try store.list(prefix: prefix, delimiter: nil, continuationToken: token, maxKeys: nil)
             for object in page.objects {
                 guard let relative = NameRules.suffix(of: object.key, after: prefix) else { continue }
-                if relative.isEmpty { return true }  // the directory's marker
-                var segments = NameRules.segments(relative)
-                if relative.utf8.last == UInt8(ascii: "/") { segments.removeLast() }
-                if segments.allSatisfy(NameRules.isValid) { return true }
+                if relative.isEmpty || NameRules.isValidPath(relative) { return true }  // a marker, or a valid key
             }
             token = page.nextToken
         } while token != nil

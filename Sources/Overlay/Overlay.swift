@@ -52,7 +52,14 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         /// queued before it (a file:// store can remove a directory only once it is empty).
         func waitsBelowItsPrefix(busy: Set<ExactString>, earlier: Set<ExactString>) -> Bool {
             guard case .delete(let key) = kind, key.utf8.last == UInt8(ascii: "/") else { return false }
-            return busy.union(earlier).contains { $0.string.utf8.count > key.utf8.count && $0.string.utf8.starts(with: key.utf8) }
+            let marker = ExactString(key)
+            let below = { (other: ExactString) in other != marker && other.starts(with: marker) }
+            return busy.contains(where: below) || earlier.contains(where: below)
+        }
+
+        /// Whether one of its keys lies below `prefix` (or is it).
+        func touches(below prefix: ExactString) -> Bool {
+            keys.contains { $0.starts(with: prefix) }
         }
 
         /// Whether this is an upload of `file`.
@@ -534,10 +541,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             // Its marker object (`prefix` itself; the directory, in a file:// store, which puts of this mount
             // may have made), if there can be one, goes too, after every queued change below it: else the
             // directory comes back at the next mount. A directory only made here and never written to has none.
-            let below = { (key: ExactString) in key.string.utf8.starts(with: prefix.utf8) }
-            if existsRemotely || directoriesWritten.contains(ExactString(prefix))
-                || pending.contains(where: { $0.keys.contains(where: below) })
-                || running.values.contains(where: { $0.keys.contains(where: below) })
+            let directory = ExactString(prefix)
+            if existsRemotely || directoriesWritten.contains(directory) || pending.contains(where: { $0.touches(below: directory) })
+                || running.values.contains(where: { $0.touches(below: directory) })
             {
                 let id = nextID
                 nextID += 1
@@ -657,7 +663,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     public func sync(prefix: String) -> [String] {
         monitor.lock()
         defer { monitor.unlock() }
-        func under(_ operation: Operation) -> Bool { operation.keys.contains { $0.string.utf8.starts(with: prefix.utf8) } }
+        let exact = ExactString(prefix)
+        func under(_ operation: Operation) -> Bool { operation.touches(below: exact) }
         while true {
             guard running.values.allSatisfy({ !under($0) }) else {
                 monitor.wait()
