@@ -84,11 +84,11 @@ public final class BlockCache: Sendable {
     }
 
     /// Reads a cached block whole into `buffer` and verifies its checksum there. Returns the block's data
-    /// length; nil when the block is absent, or was corrupt (and has now been dropped). Reads go through
-    /// the page cache: on this VM's disk that is faster than `O_DIRECT` (kernel read-ahead), and a block
-    /// read again soon comes from memory.
+    /// length; nil when the block is absent, or was corrupt (and has now been dropped). Reads bypass the
+    /// page cache with `O_DIRECT` where the file system allows it: the file is one aligned read straight
+    /// into the buffer, with no page-cache pages to fill and copy from.
     public func load(_ key: BlockKey, into buffer: BlockBuffer) -> Int? {
-        guard let (entry, fd, path) = openCached(key) else { return nil }
+        guard let (entry, fd, path) = openCached(key, direct: true) else { return nil }
         defer { close(fd) }
         let image = UnsafeMutableRawBufferPointer(start: buffer.pointer, count: Int(entry.size))
         guard image.count <= buffer.capacity, readFully(fd, image, at: 0),
@@ -123,12 +123,14 @@ public final class BlockCache: Sendable {
         return file
     }
 
-    /// A cached block's index entry (marked as just used) and a read-only descriptor of its file; nil when
-    /// it is not cached, or its file is gone (then forgotten).
-    private func openCached(_ key: BlockKey) -> (entry: Entry, fd: Int32, path: String)? {
+    /// A cached block's index entry (marked as just used) and a read-only descriptor of its file (`direct`:
+    /// with `O_DIRECT` where the file system supports it); nil when it is not cached, or its file is gone
+    /// (then forgotten).
+    private func openCached(_ key: BlockKey, direct: Bool = false) -> (entry: Entry, fd: Int32, path: String)? {
         guard let entry = use(key) else { return nil }
         let path = path(for: key)
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        var fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | (direct ? directIO : 0))
+        if fd < 0 && errno == EINVAL && direct { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) }
         guard fd >= 0 else {
             // Only a file that is gone leaves the index; out of descriptors (EMFILE) it stays counted.
             if errno == ENOENT { forget(key) }
