@@ -473,6 +473,7 @@ public final class Namespace: Sendable {
         let isProject = NameRules.segments(relative).count == 2
         if isProject {
             let page = try store.listAll(prefix: prefix, delimiter: nil, limit: Self.projectScanLimit)
+            warnSkipped(page)
             if page.nextToken == nil {
                 var builder = ListingBuilder(base: prefix, warn: warnOnce)
                 for object in page.objects { builder.add(object: object) }
@@ -482,6 +483,7 @@ public final class Namespace: Sendable {
             warnOnce("project '\(prefix)' holds over \(Self.projectScanLimit) keys: listing it by directory, without a project 'latest'")
         }
         let page = try store.listAll(prefix: prefix, delimiter: "/")
+        warnSkipped(page)
         var builder = ListingBuilder(base: prefix, warn: warnOnce)
         for object in page.objects { builder.add(object: object) }
         for common in page.commonPrefixes {
@@ -509,6 +511,11 @@ public final class Namespace: Sendable {
             token = page.nextToken
         } while token != nil
         return false
+    }
+
+    /// Warns once for each entry the store left out of `page` because no key can name it.
+    private func warnSkipped(_ page: ListPage) {
+        for path in page.skipped { warnOnce("skipping '\(path)': its name is not UTF-8") }
     }
 
     private func warnOnce(_ message: String) {

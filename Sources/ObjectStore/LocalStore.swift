@@ -2,7 +2,8 @@ import Glibc
 
 /// A local directory used as the object store (`file:///DIR`): each regular file is an object whose key
 /// is its path relative to the root. Symbolic links and special files are not objects and are ignored,
-/// so nothing outside the root is ever reached.
+/// so nothing outside the root is ever reached. Names that are not UTF-8 cannot be keys: they are left
+/// out of listings and reported in `ListPage.skipped`.
 public final class LocalStore: ObjectStore {
     public let root: String
     public let identity: String
@@ -32,7 +33,7 @@ public final class LocalStore: ObjectStore {
                 .prefix(maxKeys)
             page = ListPage(
                 objects: merged.compactMap { $0.1 }, commonPrefixes: merged.filter { $0.1 == nil }.map { $0.0 },
-                nextToken: merged.last?.0)
+                nextToken: merged.last?.0, skipped: page.skipped)
         }
         return page
     }
@@ -113,6 +114,19 @@ public final class LocalStore: ObjectStore {
         key.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { String(Substring($0)) }
     }
 
+    /// A file name that is not UTF-8, for messages: printable ASCII as is, every other byte as `\xNN`.
+    static func escaped(_ name: UnsafeRawBufferPointer) -> String {
+        var text = ""
+        for byte in name {
+            if byte >= 0x20 && byte < 0x7f && byte != UInt8(ascii: "\\") {
+                text.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                text += "\\x" + (byte < 0x10 ? "0" : "") + String(byte, radix: 16)
+            }
+        }
+        return text
+    }
+
     /// Lists `directory` (empty, or ending in `/`), reached from the root without following links.
     private func walk(directory: String, namePrefix: String, recursive: Bool, into page: inout ListPage) throws(StoreError) {
         let path = directory.isEmpty ? root : root + "/" + directory
@@ -130,10 +144,16 @@ public final class LocalStore: ObjectStore {
         defer { closedir(dir) }
         var children: [String] = []
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+            // A name that is not UTF-8 comes back escaped, as the second value.
+            let (name, unreadable) = withUnsafeBytes(of: entry.pointee.d_name) { raw -> (String?, String?) in
+                let length = strlen(raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+                let bytes = UnsafeRawBufferPointer(rebasing: raw[0..<length])
+                guard bytes.starts(with: namePrefix.utf8) else { return (nil, nil) }
+                guard let name = String(validating: bytes, as: UTF8.self) else { return (nil, Self.escaped(bytes)) }
+                return (name, nil)
             }
-            if name == "." || name == ".." || !name.utf8.starts(with: namePrefix.utf8) { continue }
+            if let unreadable { page.skipped.append(directory + unreadable) }
+            guard let name, name != ".", name != ".." else { continue }
             children.append(name)
         }
         for name in children {

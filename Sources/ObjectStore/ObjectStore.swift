@@ -25,11 +25,15 @@ public struct ListPage: Sendable, Equatable {
     public var commonPrefixes: [String]
     /// Token for the next page, or nil when this page is the last.
     public var nextToken: String?
+    /// Entries of the store that no key can name, left out of the page: in a local directory, files and
+    /// directories whose names are not UTF-8 (their path with each such byte shown as `\xNN`).
+    public var skipped: [String]
 
-    public init(objects: [ObjectInfo] = [], commonPrefixes: [String] = [], nextToken: String? = nil) {
+    public init(objects: [ObjectInfo] = [], commonPrefixes: [String] = [], nextToken: String? = nil, skipped: [String] = []) {
         self.objects = objects
         self.commonPrefixes = commonPrefixes
         self.nextToken = nextToken
+        self.skipped = skipped
     }
 }
 
@@ -110,6 +114,7 @@ extension ObjectStore {
             let page = try list(prefix: prefix, delimiter: delimiter, continuationToken: token, maxKeys: nil)
             all.objects += page.objects
             all.commonPrefixes += page.commonPrefixes
+            all.skipped += page.skipped
             token = page.nextToken
             if all.objects.count + all.commonPrefixes.count >= limit, token != nil {
                 all.nextToken = token

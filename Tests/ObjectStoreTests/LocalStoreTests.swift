@@ -82,6 +82,26 @@ import TestSupport
         #expect(everything.objects.map(\.key) == ["p/j/a.bin"])
     }
 
+    @Test func namesThatAreNotUTF8AreSkippedAndReported() throws {
+        let dir = ScratchDirectory()
+        dir.write("p/j/ok.bin", "ok")
+        #expect(mkdir(dir.path + "/p/j/d", 0o700) == 0)
+        for raw: [UInt8] in [Array("p/j/a".utf8) + [0xff], Array("p/j/d/b\\".utf8) + [0xfe, 0x41], Array("p/j/x".utf8) + [0xc3]] {
+            let fd = (Array((dir.path + "/").utf8) + raw + [0]).withUnsafeBufferPointer { open(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), O_CREAT | O_WRONLY, 0o600) }
+            #expect(fd >= 0)
+            close(fd)
+        }
+        let store = LocalStore(root: dir.path)
+        let flat = try store.list(prefix: "p/j/", delimiter: nil, continuationToken: nil, maxKeys: nil)
+        #expect(flat.objects.map(\.key) == ["p/j/ok.bin"])
+        #expect(flat.skipped.sorted() == ["p/j/a\\xff", "p/j/d/b\\x5c\\xfeA", "p/j/x\\xc3"])
+        let level = try store.list(prefix: "p/j/", delimiter: "/", continuationToken: nil, maxKeys: nil)
+        #expect(level.objects.map(\.key) == ["p/j/ok.bin"] && level.commonPrefixes == ["p/j/d/"])
+        #expect(level.skipped.sorted() == ["p/j/a\\xff", "p/j/x\\xc3"])
+        let prefixed = try store.list(prefix: "p/j/o", delimiter: "/", continuationToken: nil, maxKeys: nil)
+        #expect(prefixed.objects.map(\.key) == ["p/j/ok.bin"] && prefixed.skipped.isEmpty)
+    }
+
     @Test func refusesKeysThatEscapeTheRoot() {
         let store = LocalStore(root: "/tmp")
         #expect(throws: StoreError.self) { try store.head(key: "../etc/passwd") }

@@ -235,6 +235,18 @@ def test_file_remote_serves_a_local_directory(mounter, dataset):
         assert sha256_file(mnt / rel) == dataset.sha256[rel]
 
 
+def test_file_remote_skips_names_that_are_not_utf8_with_a_warning(mounter, tmp_path):
+    remote = tmp_path / "remote"
+    (remote / "p/j").mkdir(parents=True)
+    (remote / "p/j/ok.txt").write_text("ok")
+    with open(os.fsencode(remote / "p/j") + b"/bad\xff.txt", "wb") as f:
+        f.write(b"x")
+    attempt = mounter.mount(f"file://{remote}")
+    assert sorted(os.listdir(attempt.mountpoint / "p/j")) == ["ok.txt"]
+    log = (attempt.cache_dir / "ckptfs.log").read_text(errors="replace")
+    assert "skipping 'p/j/bad\\xff.txt': its name is not UTF-8" in log
+
+
 def test_names_that_differ_only_in_unicode_normalisation_are_two_entries(mounter, moto_client):
     bucket = f"nf-{uuid.uuid4().hex[:8]}"
     moto_client.create_bucket(Bucket=bucket)
