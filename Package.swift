@@ -16,6 +16,7 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CLinux"),
         .target(
             name: "ObjectStore",
             dependencies: [
@@ -25,7 +26,7 @@ let package = Package(
         ),
         .target(
             name: "BlockCache",
-            dependencies: ["ObjectStore", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CLinux", "ObjectStore", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "Namespace",

@@ -1,8 +1,8 @@
 import Glibc
 import Synchronization
 
-/// Page-aligned memory for one block in flight, with room for the padding and trailer of its cache file
-/// so the file can be written with one `O_DIRECT` write. Returned to its pool when the last reference goes.
+/// Page-aligned memory for one block in flight, a page longer than a block, so that a block's last partial
+/// page can be read from disk whole with `O_DIRECT`. Returned to its pool when the last reference goes.
 public final class BlockBuffer: @unchecked Sendable {
     public let pointer: UnsafeMutableRawPointer
     public let capacity: Int

@@ -1,75 +1,69 @@
 import Glibc
 
-/// On-disk layout of one cached block: the data at offset 0 (so reads are plain `pread`s), zero padding,
-/// and a 32-byte trailer ending the file at a multiple of 4 KiB (so the whole file is one `O_DIRECT`
-/// write): magic `CKPTBLK1`, data length, XXH64 of the data, and the object ID's low half.
+/// On-disk layout of the cache: an object's blocks live in one sparse *data file* `<object-id>.data`, each
+/// at its offset in the object (so a fully cached object is a plain copy of it, which the kernel can
+/// serve directly), and each block has a *record* file `<object-id>.<index>` written once its bytes are
+/// in the data file: magic `CKPTBLK2`, then the block's offset, length, XXH64 of its bytes, the object
+/// ID's low half and a hash of the boot id it was written under (48 bytes). A block without a record is
+/// not cached, whatever its data file holds there.
 enum BlockFile {
-    static let trailerSize = 32
     static let alignment = 4096
+    static let recordSize = 48
 
-    /// Size of the file holding `length` data bytes.
+    /// Disk space one block of `length` bytes takes: its data in whole pages, and its record's page.
     static func fileSize(length: Int) -> Int {
-        (length + trailerSize + alignment - 1) / alignment * alignment
+        (length + alignment - 1) / alignment * alignment + alignment
     }
-    static let magic: UInt64 = 0x314B_4C42_5450_4B43  // "CKPTBLK1" little-endian
+    static let magic: UInt64 = 0x324B_4C42_5450_4B43  // "CKPTBLK2" little-endian
 
-    struct Trailer: Equatable {
-        var length: UInt64
+    struct Record: Equatable {
+        var offset: Int64
+        var length: Int64
         var checksum: UInt64
         var objectTag: UInt64
+        var bootTag: UInt64
     }
 
-    /// Zeroes the padding after `length` data bytes in `buffer` and puts the trailer at the end of the
-    /// file image; returns the file size.
-    static func seal(_ buffer: UnsafeMutableRawPointer, _ trailer: Trailer) -> Int {
-        let length = Int(trailer.length)
-        let size = fileSize(length: length)
-        (buffer + length).initializeMemory(as: UInt8.self, repeating: 0, count: size - length)
-        let words: [UInt64] = [magic, trailer.length, trailer.checksum, trailer.objectTag]
-        for (position, word) in words.enumerated() {
-            (buffer + size - trailerSize + position * 8).storeBytes(of: word.littleEndian, as: UInt64.self)
+    /// The record's bytes.
+    static func encode(_ record: Record) -> [UInt8] {
+        let words: [UInt64] = [
+            magic, UInt64(record.offset), UInt64(record.length), record.checksum, record.objectTag, record.bootTag,
+        ]
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(recordSize)
+        for word in words { withUnsafeBytes(of: word.littleEndian) { bytes += $0 } }
+        return bytes
+    }
+
+    /// Reads the record file at `path`; nil unless it is one.
+    static func readRecord(_ path: String) -> Record? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0)
+        let count = withUnsafeMutableBytes(of: &words) { pread(fd, $0.baseAddress, $0.count, 0) }
+        guard count == recordSize else { return nil }
+        return withUnsafeBytes(of: &words) { bytes -> Record? in
+            func word(_ index: Int) -> UInt64 { UInt64(littleEndian: bytes.load(fromByteOffset: index * 8, as: UInt64.self)) }
+            guard word(0) == magic, Int64(bitPattern: word(1)) >= 0, Int64(bitPattern: word(2)) > 0 else { return nil }
+            return Record(
+                offset: Int64(bitPattern: word(1)), length: Int64(bitPattern: word(2)), checksum: word(3),
+                objectTag: word(4), bootTag: word(5))
         }
-        return size
     }
 
-    static func readTrailer(fd: Int32, fileSize: Int64) -> Trailer? {
-        guard fileSize >= Int64(trailerSize) else { return nil }
-        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        let ok = withUnsafeMutableBytes(of: &words) { readFully(fd, $0, at: fileSize - Int64(trailerSize)) }
-        guard ok else { return nil }
-        return withUnsafeBytes(of: &words) { trailer(UnsafeRawBufferPointer($0), fileSize: fileSize) }
-    }
-
-    /// The trailer of a whole file image held in memory (`image` is the file's bytes).
-    static func trailer(ofImage image: UnsafeRawBufferPointer) -> Trailer? {
-        guard image.count >= trailerSize else { return nil }
-        return trailer(UnsafeRawBufferPointer(rebasing: image[(image.count - trailerSize)...]), fileSize: Int64(image.count))
-    }
-
-    /// Parses the 32 trailer bytes of a file of `fileSize` bytes; nil unless they describe that file.
-    private static func trailer(_ bytes: UnsafeRawBufferPointer, fileSize: Int64) -> Trailer? {
-        func word(_ index: Int) -> UInt64 { UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self)) }
-        guard word(0) == magic else { return nil }
-        let trailer = Trailer(length: word(1), checksum: word(2), objectTag: word(3))
-        guard trailer.length <= UInt64(fileSize) - UInt64(trailerSize),
-            Self.fileSize(length: Int(trailer.length)) == Int(fileSize)
-        else { return nil }
-        return trailer
-    }
-
-    /// Reads the whole data part and checks it against the trailer's checksum.
-    static func verify(fd: Int32, trailer: Trailer, scratch: UnsafeMutableRawBufferPointer) -> Bool {
+    /// Reads `length` bytes at `offset` of `fd` and checks them against `checksum`.
+    static func verify(fd: Int32, offset: Int64, length: Int64, checksum: UInt64, scratch: UnsafeMutableRawBufferPointer) -> Bool {
         var hasher = XXH64()
-        var offset: Int64 = 0
-        let length = Int64(trailer.length)
-        while offset < length {
-            let want = Int(min(Int64(scratch.count), length - offset))
+        var done: Int64 = 0
+        while done < length {
+            let want = Int(min(Int64(scratch.count), length - done))
             let chunk = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<want])
-            guard readFully(fd, chunk, at: offset) else { return false }
+            guard readFully(fd, chunk, at: offset + done) else { return false }
             hasher.update(UnsafeRawBufferPointer(chunk))
-            offset += Int64(want)
+            done += Int64(want)
         }
-        return hasher.finalize() == trailer.checksum
+        return hasher.finalize() == checksum
     }
 }
 
@@ -98,7 +92,7 @@ func readFully(_ fd: Int32, _ bytes: UnsafeMutableRawBufferPointer, at offset: I
 }
 
 /// An open file descriptor closed when the last reference goes, so readers can keep using a cache file
-/// while it is renamed, committed or evicted.
+/// while blocks are added to it or evicted.
 public final class OpenFile: Sendable {
     public let fd: Int32
     public init(fd: Int32) { self.fd = fd }

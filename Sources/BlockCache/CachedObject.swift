@@ -30,9 +30,10 @@ public final class CachedObject: @unchecked Sendable {
 
     // Guarded by `monitor`.
     private let monitor = Monitor()
-    /// Cache files open for reading blocks not in memory, at most `openFileLimit` (oldest closed first;
-    /// a reader still using one keeps its descriptor until it is done).
-    private var files: [Int: OpenFile] = [:]
+    /// Data files open for reading blocks not in memory, with the generation of the block read from each
+    /// (`BlockCache.isCurrent`), at most `openFileLimit` (oldest closed first; a reader still using one keeps
+    /// its descriptor until it is done).
+    private var files: [Int: (file: OpenFile, generation: UInt64)] = [:]
     private var openOrder: [Int] = []
     private static let openFileLimit = 16
     private var fills: [Int: BlockFill] = [:]
@@ -92,7 +93,7 @@ public final class CachedObject: @unchecked Sendable {
 
     /// Where a reader finds a block's bytes.
     private enum Source {
-        case file(OpenFile)
+        case file(OpenFile, generation: UInt64)
         case memory(BlockFill, BlockBuffer)
     }
 
@@ -148,13 +149,18 @@ public final class CachedObject: @unchecked Sendable {
                     (scratch + Int(position - offset)).copyMemory(from: bytes.baseAddress!, byteCount: length)
                 }
                 if segmentEnd == blockStart + fill.length { consumed(fill) }
-            case .file(let file):
+            case .file(let file, let generation):
                 let target = UnsafeMutableRawBufferPointer(start: scratch + Int(position - offset), count: length)
-                guard readFully(file.fd, target, at: position - blockStart) else {
+                guard readFully(file.fd, target, at: position) else {
                     // Damaged since it was verified (cut short underneath us): fetched again, once.
                     guard !refetched else { throw .io(path: "cache block of \(key)", errno: EIO) }
                     refetched = true
                     discard(file, index)
+                    continue
+                }
+                guard cache.isCurrent(BlockKey(object: id, index: index), generation: generation) else {
+                    // Evicted while it was read (its range may have read as a hole): found again or fetched.
+                    monitor.withLock { if files[index]?.file === file { closeFileLocked(index) } }
                     continue
                 }
                 if singleBlock { deliver(UnsafeRawBufferPointer(target)) }
@@ -171,7 +177,7 @@ public final class CachedObject: @unchecked Sendable {
         monitor.lock()
         defer { monitor.unlock() }
         while true {
-            if let file = files[index] { return .file(file) }
+            if let open = files[index] { return .file(open.file, generation: open.generation) }
             if let fill = fills[index] {
                 while fill.error == nil && fill.filled < bytes {
                     // An idle head is fetched on; checked after every wake too, since a head can go idle
@@ -192,7 +198,7 @@ public final class CachedObject: @unchecked Sendable {
             let cached = cache.open(BlockKey(object: id, index: index))
             monitor.lock()
             if let cached {
-                if files[index] == nil { keepOpen(cached, index) }
+                if files[index] == nil { keepOpen(cached.file, generation: cached.generation, index) }
                 continue
             }
             if fills[index] == nil && files[index] == nil {
@@ -204,7 +210,7 @@ public final class CachedObject: @unchecked Sendable {
     /// Forgets the cache file `file` of block `index` and deletes it from the cache.
     private func discard(_ file: OpenFile, _ index: Int) {
         monitor.withLock {
-            if files[index] === file { closeFileLocked(index) }
+            if files[index]?.file === file { closeFileLocked(index) }
             stored[index] = false
         }
         cache.discard(BlockKey(object: id, index: index))
@@ -215,10 +221,10 @@ public final class CachedObject: @unchecked Sendable {
         if files.removeValue(forKey: index) != nil { openOrder.removeAll { $0 == index } }
     }
 
-    /// Keeps `file` open for block `index`, closing the oldest beyond `openFileLimit`. Call with the
-    /// monitor held.
-    private func keepOpen(_ file: OpenFile, _ index: Int) {
-        files[index] = file
+    /// Keeps `file` open for block `index` (of `generation`), closing the oldest beyond `openFileLimit`.
+    /// Call with the monitor held.
+    private func keepOpen(_ file: OpenFile, generation: UInt64, _ index: Int) {
+        files[index] = (file, generation)
         openOrder.append(index)
         while openOrder.count > Self.openFileLimit { files.removeValue(forKey: openOrder.removeFirst()) }
     }
@@ -464,7 +470,7 @@ public final class CachedObject: @unchecked Sendable {
         let key = BlockKey(object: id, index: fill.index)
         let checksum = fill.hasher.finalize()
         context.writer.submit { [self] in
-            cache.store(key, buffer: buffer, length: Int(fill.length), checksum: checksum)
+            cache.store(key, offset: Int64(fill.index) * blockSize, buffer: buffer, length: Int(fill.length), checksum: checksum)
             monitor.withLock {
                 fill.stored = true
                 stored[fill.index] = true

@@ -25,9 +25,14 @@ public final class ObjectRegistry: Sendable {
         }
     }
 
+    /// The cache identity of `info`'s version.
+    public func objectID(_ info: ObjectInfo) -> ObjectID {
+        ObjectID(store: store.identity, key: info.key, etag: info.etag, blockSize: Int(blockSize))
+    }
+
     /// The shared reader for `info`; balance with `release`.
     public func acquire(_ info: ObjectInfo) -> CachedObject {
-        let id = ObjectID(store: store.identity, key: info.key, etag: info.etag, blockSize: Int(blockSize))
+        let id = objectID(info)
         return open.withLock { table in
             if let entry = table[id] {
                 table[id] = (entry.object, entry.handles + 1)
@@ -37,6 +42,12 @@ public final class ObjectRegistry: Sendable {
             table[id] = (object, 1)
             return object
         }
+    }
+
+    /// Pins `info`'s blocks in the cache if all of them are there (see `BlockCache.pin`), so that the
+    /// kernel can read the object from its data file; nil if it cannot be.
+    public func pinCached(_ info: ObjectInfo) -> PinnedObject? {
+        cache.pin(objectID(info), blocks: Int((info.size + blockSize - 1) / blockSize), bytes: info.size)
     }
 
     /// Waits until every fetched block has been written to the cache (at unmount, so a remount finds them).

@@ -87,7 +87,8 @@ public final class ControlServer: @unchecked Sendable {
                 "staged_files=\(status.stagedFiles)", "staged_bytes=\(status.stagedBytes)",
                 "failing=\(status.failing.count)", "abandoned=\(status.abandoned.count)",
                 "cache_bytes=\(fileSystem.cacheUsage.bytes)", "cache_capacity=\(fileSystem.cacheUsage.capacity)",
-                "passthrough=\(fileSystem.passthrough.isEnabled ? 1 : 0)",
+                "passthrough=\(fileSystem.passthrough.servesStagedFiles ? 1 : 0)",
+                "passthrough_reads=\(fileSystem.passthrough.isEnabled ? 1 : 0)",
             ]
             lines += status.failing.map { "failing_key=\($0.key)\terror=\($0.error)" }
             lines += status.abandoned.map { "abandoned_file=\($0)" }

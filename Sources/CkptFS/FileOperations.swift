@@ -27,10 +27,17 @@ extension FileSystem {
                 namespace.update(ino, kind: .staged(key: key))
                 staged = StagedHandle(file: file, writable: true)
             case .file(let info):
-                switch passthrough.begin(ino, staged: nil, starts: false) {
-                case .kernel(let backing, let file):
+                // Not while this mount may overwrite it (a writer could not open an inode in passthrough),
+                // nor with `--page-cache` (whose pages of the file a passthrough open would drop).
+                let pin = { [registry, settings] in
+                    settings.allowOverwrite || !settings.directReads ? nil : registry.pinCached(info)
+                }
+                switch passthrough.beginStored(ino, object: registry.objectID(info), pin: pin) {
+                case .staged(let backing, let file):
                     // Uploaded meanwhile, but still open in passthrough: this open joins the staged file.
                     reply(req, fi, Handle(.staged(StagedHandle(file: file, writable: false)), ino: ino, backing: backing))
+                case .cached(let backing, let pinned):
+                    reply(req, fi, Handle(.cached(pinned), ino: ino, backing: backing))
                 case .daemon:
                     let object = registry.acquire(info)
                     let window = ReadAheadWindow(initial: settings.initialReadAhead, maximum: settings.maximumReadAhead)
@@ -129,6 +136,10 @@ extension FileSystem {
             case .staged(let handle):
                 let count = pread(handle.file.file.fd, base, size, off_t(offset))
                 if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, base, count) }
+            case .cached(let pinned):
+                // The kernel reads the data file itself; a READ still sent is served from it the same way.
+                let count = pread(pinned.file.fd, base, size, off_t(offset))
+                if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, base, count) }
             }
         }
     }
@@ -152,7 +163,7 @@ extension FileSystem {
             } catch {
                 logger.error("could not queue the upload", metadata: ["key": "\(handle.file.key)", "error": "\(error)"])
             }
-        case .staged:
+        case .staged, .cached:
             break
         }
         unmanaged.release()

@@ -53,8 +53,7 @@ public final class FileSystem: Sendable {
     let openedETags = Mutex<[UInt64: String]>([:])
     /// What the kernel was asked for at INIT, and took.
     let features: KernelFeatures
-    /// Serves open staged files in the kernel where it can. Not with a staging budget: the daemon must
-    /// then see every write to count it.
+    /// Serves open staged files and fully cached objects in the kernel where it can.
     let passthrough: Passthrough
     /// The kernel reads directories without OPENDIR once told so (it supports `no_opendir`).
     let skipsOpendir = Atomic<Bool>(false)
@@ -66,11 +65,11 @@ public final class FileSystem: Sendable {
         self.registry = registry
         self.cache = cache
         self.settings = settings
-        var wanted: KernelFeatures.Set = []
-        if overlay?.configuration.stagingLimit == .max { wanted.insert(.passthrough) }
+        var wanted: KernelFeatures.Set = [.passthrough]
         if settings.directReads { wanted.insert(.directIOMmap) }
         features = KernelFeatures(wanted: wanted)
-        passthrough = Passthrough(features: features)
+        // Not with a staging budget: the daemon must then see every write to count it.
+        passthrough = Passthrough(features: features, stagedFiles: overlay?.configuration.stagingLimit == .max)
         mountTime = Int64(time(nil))
     }
 

@@ -3,11 +3,13 @@ import Namespace
 import Overlay
 import Synchronization
 
-/// What `fuse_file_info.fh` points to: a remote object being read, or a staged file; and, for inode
+/// What `fuse_file_info.fh` points to: a remote object being read, a fully cached one the kernel reads
+/// from its pinned data file, or a staged file; and, for inode
 /// `ino`, the backing file from which the kernel serves its reads and writes (FUSE passthrough), or 0.
 final class Handle: Sendable {
     enum Content: Sendable {
         case remote(FileHandle)
+        case cached(PinnedObject)
         case staged(StagedHandle)
     }
 

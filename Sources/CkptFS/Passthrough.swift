@@ -5,10 +5,11 @@ import Logging
 import Overlay
 import Synchronization
 
-/// FUSE passthrough for staged files (Linux 6.9 and later, root; see `KernelFeatures`): an open staged
-/// file is backed by its staging file in the kernel, so its reads, writes and mmaps go straight to the
-/// local file system, with no round trip through this process. The daemon still sees open, flush, fsync,
-/// setattr and release.
+/// FUSE passthrough (Linux 6.9 and later, root; see `KernelFeatures`): an open staged file is backed by its
+/// staging file in the kernel, and an object whose blocks are all in the block cache by the cache's data
+/// file of it (pinned while open), so their reads (and the staged file's writes) and mmaps go straight to
+/// the local file system, with no round trip through this process. The daemon still sees open, flush,
+/// fsync, setattr and release.
 ///
 /// The kernel requires every open of an inode that has a passthrough open to be a passthrough open of the
 /// same backing file (else the open fails). `begin` and `end` track, per inode, the backing files handed
@@ -26,8 +27,30 @@ final class Passthrough: Sendable {
 
     private struct Backing {
         let id: Int32
-        let file: StagedFile
+        let source: Source
         var handles: Int
+
+        /// The staged file behind it; nil for a cached object.
+        var file: StagedFile? {
+            if case .staged(let file) = source { return file }
+            return nil
+        }
+    }
+
+    /// What a backing file is.
+    private enum Source {
+        case staged(StagedFile)
+        case cached(PinnedObject)
+    }
+
+    /// How an open of an object in the store is served.
+    enum StoredMode {
+        /// In the kernel, from the staged file `file` of the inode (registered as backing file `backing`).
+        case staged(backing: Int32, file: StagedFile)
+        /// In the kernel, from the object's pinned data file in the cache.
+        case cached(backing: Int32, pinned: PinnedObject)
+        /// By the daemon.
+        case daemon
     }
 
     private struct Opens {
@@ -43,12 +66,18 @@ final class Passthrough: Sendable {
     private let released = Monitor()
     private let logger = Logger(label: "ckptfs.passthrough")
 
-    init(features: KernelFeatures) {
+    init(features: KernelFeatures, stagedFiles: Bool) {
         self.features = features
+        self.stagedFiles = stagedFiles
     }
 
-    /// Whether opens of staged files are served in the kernel.
+    /// Whether opens are served in the kernel where they can be: fully cached objects always, staged
+    /// files if `servesStagedFiles`.
     var isEnabled: Bool { features.has(.passthrough) }
+    var servesStagedFiles: Bool { isEnabled && stagedFiles }
+    /// Whether staged files may be served in the kernel (not with a staging budget: the daemon must then
+    /// see every write to count it).
+    private let stagedFiles: Bool
 
     /// Sets the /dev/fuse descriptor the backing-file ioctls go to.
     func attach(device fd: Int32) {
@@ -59,10 +88,10 @@ final class Passthrough: Sendable {
     /// kernel refuses any other open of an inode in passthrough. (Releases reach this table after the
     /// kernel's, so it may still list a file the kernel has just let go of.)
     func backingFiles(_ ino: UInt64) -> [StagedFile] {
-        opens.withLock { opens in (opens.backed[ino] ?? []).map(\.file) }
+        opens.withLock { opens in (opens.backed[ino] ?? []).compactMap(\.file) }
     }
 
-    /// Waits up to `seconds` until inode `ino` has no backing file, and returns the ones left. A handle
+    /// Waits up to `seconds` until inode `ino` has no staged backing file, and returns the ones left. A handle
     /// the kernel has just closed still holds its backing here until its RELEASE arrives, right after.
     func waitForRelease(_ ino: UInt64, seconds: Double) -> [StagedFile] {
         let deadline = Monitor.deadline(after: seconds)
@@ -77,24 +106,49 @@ final class Passthrough: Sendable {
         return held
     }
 
-    /// Decides how a new open of inode `ino` is served. `staged` is the staged file the open would use
-    /// (nil for an object in the store). Only a writer (`starts`) puts an inode into passthrough; other
-    /// opens join it while it lasts, a store object reading the newest staged file, which holds the
-    /// same bytes. A staged file other than the one in use gets a backing file of its own: the kernel
-    /// accepts it if it has released the other meanwhile, and fails the open (`EBUSY`) otherwise. Balance
-    /// with `end`.
-    func begin(_ ino: UInt64, staged: StagedFile?, starts: Bool) -> Mode {
+    /// Decides how a new open of inode `ino`'s staged file `staged` is served. Only a writer (`starts`)
+    /// puts an inode into passthrough; other opens join it while it lasts. A staged file other than the one
+    /// in use gets a backing file of its own: the kernel accepts it if it has released the other meanwhile,
+    /// and fails the open (`EBUSY`) otherwise. Balance with `end`.
+    func begin(_ ino: UInt64, staged: StagedFile, starts: Bool) -> Mode {
         opens.withLock { opens in
             let backed = opens.backed[ino] ?? []
-            if let index = backed.lastIndex(where: { staged == nil || $0.file === staged }) {
+            if let index = backed.lastIndex(where: { $0.file === staged }) {
                 opens.backed[ino]![index].handles += 1
-                return .kernel(backing: backed[index].id, file: backed[index].file)
+                return .kernel(backing: backed[index].id, file: staged)
             }
-            if let staged, starts || !backed.isEmpty, opens.daemon[ino, default: 0] == 0,
-                let id = register(staged)
+            if stagedFiles, starts || !backed.isEmpty, opens.daemon[ino, default: 0] == 0,
+                let id = register(staged.file)
             {
-                opens.backed[ino, default: []].append(Backing(id: id, file: staged, handles: 1))
+                opens.backed[ino, default: []].append(Backing(id: id, source: .staged(staged), handles: 1))
                 return .kernel(backing: id, file: staged)
+            }
+            opens.daemon[ino, default: 0] += 1
+            return .daemon
+        }
+    }
+
+    /// Decides how a new open of inode `ino`, an object in the store with cache identity `object`, is
+    /// served. It joins the newest staged file in passthrough (uploaded meanwhile: it holds the same
+    /// bytes), or a backing of the same object version. Otherwise, with no daemon-served open of the inode,
+    /// it is served from the object's data file in the cache if `pin` can pin it (every block cached); a
+    /// backing of another version still open makes the kernel fail the open (`EBUSY`). Balance with `end`.
+    func beginStored(_ ino: UInt64, object: ObjectID, pin: () -> PinnedObject?) -> StoredMode {
+        opens.withLock { opens in
+            let backed = opens.backed[ino] ?? []
+            if let index = backed.lastIndex(where: { $0.file != nil }), let file = backed[index].file {
+                opens.backed[ino]![index].handles += 1
+                return .staged(backing: backed[index].id, file: file)
+            }
+            for (index, backing) in backed.enumerated().reversed() {
+                if case .cached(let pinned) = backing.source, pinned.object == object {
+                    opens.backed[ino]![index].handles += 1
+                    return .cached(backing: backing.id, pinned: pinned)
+                }
+            }
+            if isEnabled, opens.daemon[ino, default: 0] == 0, let pinned = pin(), let id = register(pinned.file) {
+                opens.backed[ino, default: []].append(Backing(id: id, source: .cached(pinned), handles: 1))
+                return .cached(backing: id, pinned: pinned)
             }
             opens.daemon[ino, default: 0] += 1
             return .daemon
@@ -125,12 +179,12 @@ final class Passthrough: Sendable {
     }
 
     /// Registers `file` as a backing file; nil (and passthrough off for good) if the kernel refuses.
-    private func register(_ file: StagedFile) -> Int32? {
+    private func register(_ file: OpenFile) -> Int32? {
         guard features.has(.passthrough) else { return nil }
-        let id = ckptfs_backing_open(device.load(ordering: .acquiring), file.file.fd)
+        let id = ckptfs_backing_open(device.load(ordering: .acquiring), file.fd)
         if id > 0 { return id }
         let code = errno
-        logger.warning("FUSE passthrough unavailable, staged files are served by the daemon",
+        logger.warning("FUSE passthrough unavailable, files are served by the daemon",
             metadata: ["error": "\(String(cString: strerror(code)))"])
         features.withdraw(.passthrough)
         return nil

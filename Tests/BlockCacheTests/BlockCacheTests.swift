@@ -10,13 +10,22 @@ import TestSupport
         let buffer = pool.take()
         bytes.withUnsafeBytes { buffer.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         let checksum = bytes.withUnsafeBytes { XXH64.hash($0) }
-        #expect(cache.store(key, buffer: buffer, length: bytes.count, checksum: checksum))
+        #expect(cache.store(key, offset: offset(key), buffer: buffer, length: bytes.count, checksum: checksum))
     }
 
-    private func read(_ file: OpenFile, count: Int) -> [UInt8] {
+    /// Where block `key` is in its object (blocks of the pool's 64 KiB).
+    private func offset(_ key: BlockKey) -> Int64 { Int64(key.index) << 16 }
+
+    private func read(_ file: OpenFile, _ key: BlockKey, count: Int) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
-        _ = bytes.withUnsafeMutableBytes { readFully(file.fd, $0, at: 0) }
+        _ = bytes.withUnsafeMutableBytes { readFully(file.fd, $0, at: offset(key)) }
         return bytes
+    }
+
+    /// Allocated bytes of the file at `path`.
+    private func allocated(_ path: String) -> Int {
+        var info = stat()
+        return stat(path, &info) == 0 ? Int(info.st_blocks) * 512 : -1
     }
 
     private let object = ObjectID(store: "s", key: "k", etag: "e", blockSize: 4096)
@@ -47,7 +56,66 @@ import TestSupport
         #expect(!cache.contains(keys[1]))
         #expect(cache.contains(keys[0]))
         #expect(cache.usage.bytes <= cache.capacity)
-        #expect(access(cache.path(for: keys[1]), F_OK) != 0)
+        #expect(access(cache.recordPath(keys[1]), F_OK) != 0)
+    }
+
+    @Test func evictionFreesTheBlocksDiskSpaceAndTheLastBlockTakesTheDataFile() throws {
+        let scratch = ScratchDirectory()
+        let block = 1 << 16
+        let cache = try BlockCache(directory: scratch.path, capacity: Int64(6 * BlockFile.fileSize(length: block)))
+        let keys = (0..<4).map { BlockKey(object: object, index: $0) }
+        for key in keys { try store(cache, key, pattern(block, seed: key.index)) }
+        let data = cache.dataPath(object)
+        #expect(allocated(data) >= 4 * block)
+        let other = ObjectID(store: "s", key: "other", etag: "e", blockSize: 1 << 16)
+        for index in 0..<4 { try store(cache, BlockKey(object: other, index: index), pattern(block)) }
+        let left = keys.filter { cache.contains($0) }.count
+        #expect(left < 4)
+        #expect(allocated(data) <= left * block, "evicted blocks still take disk space")
+        for index in 0..<4 { try store(cache, BlockKey(object: ObjectID(store: "s", key: "third", etag: "e", blockSize: 1 << 16), index: index), pattern(block)) }
+        #expect(!keys.contains { cache.contains($0) })
+        #expect(access(data, F_OK) != 0, "the data file of an object without cached blocks is left behind")
+        #expect(cache.usage.bytes <= cache.capacity)
+    }
+
+    @Test func aPinnedObjectKeepsItsBlocksAndIsPinnedOnlyWhenWhole() throws {
+        let scratch = ScratchDirectory()
+        let block = 1 << 16
+        let cache = try BlockCache(directory: scratch.path, capacity: Int64(12 * BlockFile.fileSize(length: block)))
+        let keys = (0..<3).map { BlockKey(object: object, index: $0) }
+        let bytes = Int64(2 * block + 100)
+        try store(cache, keys[0], pattern(block, seed: 0))
+        try store(cache, keys[2], pattern(100, seed: 2))
+        #expect(cache.pin(object, blocks: 3, bytes: bytes) == nil, "pinned with a block missing")
+        try store(cache, keys[1], pattern(block, seed: 1))
+        do {  // the pin is released at the end of this scope
+            let pinned = try #require(cache.pin(object, blocks: 3, bytes: bytes))
+            var info = stat()
+            #expect(fstat(pinned.file.fd, &info) == 0 && Int64(info.st_size) == bytes)
+            #expect(read(pinned.file, keys[2], count: 100) == pattern(100, seed: 2))
+            let other = ObjectID(store: "s", key: "other", etag: "e", blockSize: 1 << 16)
+            for index in 0..<12 { try store(cache, BlockKey(object: other, index: index), pattern(block)) }
+            #expect(keys.allSatisfy { cache.contains($0) }, "a block of a pinned object was evicted")
+        }
+        let third = ObjectID(store: "s", key: "third", etag: "e", blockSize: 1 << 16)
+        for index in 0..<12 { try store(cache, BlockKey(object: third, index: index), pattern(block)) }
+        #expect(!keys.allSatisfy { cache.contains($0) }, "unpinned blocks are never evicted")
+    }
+
+    @Test func aReaderSeesThatABlockWasEvictedWhileItReadIt() throws {
+        let scratch = ScratchDirectory()
+        let block = 1 << 16
+        let cache = try BlockCache(directory: scratch.path, capacity: Int64(4 * BlockFile.fileSize(length: block)))
+        let key = BlockKey(object: object, index: 0)
+        try store(cache, key, pattern(block))
+        let (file, generation) = try #require(cache.open(key))
+        #expect(cache.isCurrent(key, generation: generation))
+        let other = ObjectID(store: "s", key: "other", etag: "e", blockSize: 1 << 16)
+        for index in 0..<4 { try store(cache, BlockKey(object: other, index: index), pattern(block)) }
+        #expect(read(file, key, count: 16) == [UInt8](repeating: 0, count: 16), "the evicted range is not a hole")
+        #expect(!cache.isCurrent(key, generation: generation))
+        try store(cache, key, pattern(block))
+        #expect(!cache.isCurrent(key, generation: generation), "a block stored again passes for the one read before")
     }
 
     @Test func survivesARestart() throws {
@@ -59,8 +127,8 @@ import TestSupport
             cache.lock.release()  // as if its process had ended
         }
         let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
-        let file = try #require(reopened.open(key))
-        #expect(read(file, count: 5000) == pattern(5000))
+        let file = try #require(reopened.open(key)).file
+        #expect(read(file, key, count: 5000) == pattern(5000))
     }
 
     @Test func dropsACorruptBlockInsteadOfServingIt() throws {
@@ -70,11 +138,14 @@ import TestSupport
         do {
             let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
             try store(cache, key, pattern(5000))
-            path = cache.path(for: key)
+            path = cache.recordPath(key)
+            corruptByte(of: cache.dataPath(object), at: 1234)
             cache.lock.release()  // as if its process had ended
         }
-        corruptByte(of: path, at: 1234)
-        let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        let sameBoot = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        #expect(sameBoot.open(key) != nil, "a block written under this boot was verified again")
+        sameBoot.lock.release()
+        let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20, bootID: "after a restart")
         #expect(reopened.open(key) == nil)
         #expect(!reopened.contains(key))
         #expect(access(path, F_OK) != 0)
@@ -89,11 +160,11 @@ import TestSupport
             let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
             try store(cache, good, pattern(5000))
             try store(cache, bad, pattern(7000))
-            badPath = cache.path(for: bad)
+            badPath = cache.recordPath(bad)
+            corruptByte(of: cache.dataPath(object), at: off_t(offset(bad)) + 6999)
             cache.lock.release()  // as if its process had ended
         }
-        corruptByte(of: badPath, at: 6999)
-        let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20, bootID: "after a restart")
         let buffer = pool.take()
         #expect(reopened.load(good, into: buffer) == 5000)
         #expect(Array(UnsafeRawBufferPointer(start: buffer.pointer, count: 5000)) == pattern(5000))
@@ -110,7 +181,7 @@ import TestSupport
         do {
             let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
             try store(cache, key, pattern(100))
-            temp = cache.path(for: key) + ".99.1.tmp"
+            temp = cache.recordPath(key) + ".99.1.tmp"
             cache.lock.release()  // as if its process had ended
         }
         close(open(temp, O_CREAT | O_WRONLY, 0o600))
@@ -125,7 +196,7 @@ import TestSupport
         let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
         let key = BlockKey(object: object, index: 0)
         try store(cache, key, pattern(100))
-        let temp = cache.path(for: key) + ".99.1.tmp"  // a block the open cache is writing
+        let temp = cache.recordPath(key) + ".99.1.tmp"  // a block the open cache is writing
         close(open(temp, O_CREAT | O_WRONLY, 0o600))
         #expect(throws: CacheError.self) { try BlockCache(directory: scratch.path, capacity: 1 << 20) }
         #expect(throws: CacheError.self) { try BlockCache.checkAvailable(directory: scratch.path) }

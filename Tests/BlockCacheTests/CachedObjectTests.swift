@@ -123,7 +123,7 @@ import TestSupport
             }
         }
         try #require(object.openFileCount > 0)
-        for block in 30..<40 { truncate(reopened.path(for: BlockKey(object: object.id, index: block)), 1000) }
+        truncate(reopened.dataPath(object.id), off_t(30 * blockSize + 1000))
         let gets = store.gets.load(ordering: .relaxed)
         for block in 30..<40 {
             let offset = block * Int(blockSize) + 5000
@@ -178,11 +178,11 @@ import TestSupport
         let first = registry.acquire(try store.head(key: "obj"))
         _ = try read(first, 0, data.count, prefetch: Int64(data.count))
         registry.flush()
-        corruptByte(of: cache.path(for: BlockKey(object: first.id, index: 2)), at: 100)
+        corruptByte(of: cache.dataPath(first.id), at: off_t(2 * blockSize + 100))
         cache.lock.release()  // as if its process had ended: the next cache is a remount's
         let gets = store.gets.load(ordering: .relaxed)
-        // A new cache over the same directory has verified nothing yet, like a remount.
-        let warm = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20))
+        // A new cache over the same directory after a restart has verified nothing yet.
+        let warm = try makeObject(store, try BlockCache(directory: scratch.path, capacity: 64 << 20, bootID: "after a restart"))
         var copy: [UInt8] = []
         for offset in stride(from: 0, to: data.count, by: 16_384) {
             copy += try read(warm, Int64(offset), 16_384, prefetch: Int64(data.count - offset))

@@ -1,11 +1,13 @@
 """Laziness and the persistent block cache, measured by counting requests on the server."""
 
+import hashlib
+import mmap
 import os
 import platform
 import subprocess
 import uuid
 
-from support import BIG_FILE, run, sha256_file
+from support import BIG_FILE, BIG_SIZE, run, sha256_file
 
 
 def walk_everything(root) -> int:
@@ -89,6 +91,27 @@ def test_reads_bypass_the_page_cache_unless_asked_for_it(mounter, dataset):
     else:
         assert resident_bytes(direct / BIG_FILE) >= kept
     assert sha256_file(direct / BIG_FILE) == sha256_file(cached / BIG_FILE) == dataset.sha256[BIG_FILE]
+
+
+def test_a_fully_cached_file_is_read_by_the_kernel_from_its_cache_file(mounter, dataset):
+    """Once every block of an object is cached, opens are served by FUSE passthrough from the object's data
+    file in the cache (Linux 6.9+, root): reads and mmaps then fill that file's page cache, which the daemon's
+    direct reads never do."""
+    from test_passthrough import kernel_offers_passthrough
+    first = mounter.mount(f"s3://{dataset.bucket}")
+    assert sha256_file(first.mountpoint / BIG_FILE) == dataset.sha256[BIG_FILE]
+    second = mounter.remount(first)
+    data_files = [p for p in (second.cache_dir / "blocks").glob("*/*.data") if p.stat().st_size == BIG_SIZE]
+    assert len(data_files) == 1, data_files
+    data = data_files[0]
+    assert resident_bytes(data) < BIG_SIZE // 2  # written with O_DIRECT: at most its last block is cached
+    assert sha256_file(second.mountpoint / BIG_FILE) == dataset.sha256[BIG_FILE]
+    with open(second.mountpoint / BIG_FILE, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        assert hashlib.sha256(mapped).hexdigest() == dataset.sha256[BIG_FILE]
+    if kernel_offers_passthrough():
+        assert resident_bytes(data) >= BIG_SIZE * 9 // 10, "the read did not go to the cache file"
+    else:
+        assert resident_bytes(data) < BIG_SIZE // 2
 
 
 def test_header_reads_of_many_open_files_then_whole_reads_return_every_byte(mounter, moto_client):
