@@ -27,10 +27,11 @@ extension FileSystem {
                 namespace.update(ino, kind: .staged(key: key))
                 staged = StagedHandle(file: file, writable: true)
             case .file(let info):
-                // Not while this mount may overwrite it (a writer could not open an inode in passthrough),
+                // Not for a file this mount may write (a writer could not open an inode in passthrough),
                 // nor with `--page-cache` (whose pages of the file a passthrough open would drop).
-                let pin = { [registry, settings] in
-                    settings.allowOverwrite || !settings.directReads ? nil : registry.pinCached(info)
+                let pin = { [registry, settings, overlay] in
+                    settings.allowOverwrite || !settings.directReads || overlay?.wrote(info.key) == true
+                        ? nil : registry.pinCached(info)
                 }
                 switch passthrough.beginStored(ino, object: registry.objectID(info), pin: pin) {
                 case .staged(let backing, let file):
@@ -38,6 +39,8 @@ extension FileSystem {
                     reply(req, fi, Handle(.staged(StagedHandle(file: file, writable: false)), ino: ino, backing: backing))
                 case .cached(let backing, let pinned):
                     reply(req, fi, Handle(.cached(pinned), ino: ino, backing: backing))
+                case .busy:
+                    throw FileError(EBUSY)
                 case .daemon:
                     let object = registry.acquire(info)
                     let window = ReadAheadWindow(initial: settings.initialReadAhead, maximum: settings.maximumReadAhead)

@@ -51,6 +51,9 @@ final class Passthrough: Sendable {
         case cached(backing: Int32, pinned: PinnedObject)
         /// By the daemon.
         case daemon
+        /// Not at all: another version of the object is open in passthrough, and the kernel would refuse
+        /// any other backing, or none, for the inode (`EBUSY`).
+        case busy
     }
 
     private struct Opens {
@@ -130,9 +133,9 @@ final class Passthrough: Sendable {
 
     /// Decides how a new open of inode `ino`, an object in the store with cache identity `object`, is
     /// served. It joins the newest staged file in passthrough (uploaded meanwhile: it holds the same
-    /// bytes), or a backing of the same object version. Otherwise, with no daemon-served open of the inode,
-    /// it is served from the object's data file in the cache if `pin` can pin it (every block cached); a
-    /// backing of another version still open makes the kernel fail the open (`EBUSY`). Balance with `end`.
+    /// bytes), or a backing of the same object version; a backing of another version still open makes it
+    /// `busy`. Otherwise, with no daemon-served open of the inode, it is served from the object's data
+    /// file in the cache if `pin` can pin it (every block cached). Balance with `end` unless `busy`.
     func beginStored(_ ino: UInt64, object: ObjectID, pin: () -> PinnedObject?) -> StoredMode {
         opens.withLock { opens in
             let backed = opens.backed[ino] ?? []
@@ -146,6 +149,7 @@ final class Passthrough: Sendable {
                     return .cached(backing: backing.id, pinned: pinned)
                 }
             }
+            if !backed.isEmpty { return .busy }
             if isEnabled, opens.daemon[ino, default: 0] == 0, let pinned = pin(), let id = register(pinned.file) {
                 opens.backed[ino, default: []].append(Backing(id: id, source: .cached(pinned), handles: 1))
                 return .cached(backing: id, pinned: pinned)

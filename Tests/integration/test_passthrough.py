@@ -3,11 +3,13 @@ every way of writing a file through the mount still lands byte-exact in the buck
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import mmap
 import os
 import platform
+import time
 import uuid
 
 import pytest
@@ -42,12 +44,15 @@ def status(ckptfs_bin, env, mnt) -> dict:
 
 def test_status_says_passthrough_exactly_where_the_kernel_offers_it(mounter, ckptfs_bin, moto_env, bucket):
     mnt = mounter.mount(f"s3://{bucket}").mountpoint
-    assert status(ckptfs_bin, moto_env, mnt)["passthrough"] == int(kernel_offers_passthrough())
+    answer = status(ckptfs_bin, moto_env, mnt)
+    assert answer["passthrough"] == answer["passthrough_reads"] == int(kernel_offers_passthrough())
 
 
 def test_a_staging_budget_keeps_writes_in_the_daemon_to_count_them(mounter, ckptfs_bin, moto_env, bucket):
     mnt = mounter.mount(f"s3://{bucket}", args=["--staging-size", "64M"]).mountpoint
-    assert status(ckptfs_bin, moto_env, mnt)["passthrough"] == 0
+    answer = status(ckptfs_bin, moto_env, mnt)
+    assert answer["passthrough"] == 0
+    assert answer["passthrough_reads"] == int(kernel_offers_passthrough())  # cached objects still use it
 
 
 def test_a_reader_opened_while_a_file_is_written_sees_every_byte_so_far(mounter, moto_client, ckptfs_bin, moto_env, bucket):
@@ -159,3 +164,43 @@ def test_a_file_renamed_over_while_open_keeps_its_own_attributes(mounter, moto_c
     assert (mnt / "target").read_bytes() == b"NNN"
     sync(ckptfs_bin, moto_env, mnt)
     assert bucket_hashes(moto_client, bucket) == {"target": sha(b"NNN")}
+
+
+def read_fully(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_a_file_this_mount_wrote_and_reads_back_can_be_rewritten_while_open(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    """Its cached copy is not opened in passthrough: a writer could not open the inode then."""
+    old, new = os.urandom(5 << 20), os.urandom(3 << 20)
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    (mnt / "w.bin").write_bytes(old)
+    sync(ckptfs_bin, moto_env, mnt)
+    assert read_fully(mnt / "w.bin") == old
+    with open(mnt / "w.bin", "rb") as reader:  # every block is cached by now
+        assert reader.read(1000) == old[:1000]
+        with open(mnt / "w.bin", "wb") as writer:
+            writer.write(new)
+    assert read_fully(mnt / "w.bin") == new
+    sync(ckptfs_bin, moto_env, mnt)
+    assert bucket_hashes(moto_client, bucket) == {"w.bin": sha(new)}
+
+
+@pytest.mark.skipif(not kernel_offers_passthrough(), reason="needs FUSE passthrough (Linux 6.9+, root)")
+def test_a_newer_version_cannot_be_opened_while_a_cached_one_is_open_in_passthrough(mounter, moto_client, bucket):
+    old, new = os.urandom(5 << 20), os.urandom(3 << 20)
+    moto_client.put_object(Bucket=bucket, Key="p/j/c.bin", Body=old)
+    mnt = mounter.mount(f"s3://{bucket}", args=["--read-only", "--metadata-ttl", "1"]).mountpoint
+    assert read_fully(mnt / "p/j/c.bin") == old
+    with open(mnt / "p/j/c.bin", "rb") as held:  # served by the kernel from the cache's copy
+        moto_client.put_object(Bucket=bucket, Key="p/j/c.bin", Body=new)
+        deadline = time.monotonic() + 30
+        while os.stat(mnt / "p/j/c.bin").st_size != len(new):
+            assert time.monotonic() < deadline, "the listing never showed the new version"
+            time.sleep(0.2)
+        with pytest.raises(OSError) as raised:
+            open(mnt / "p/j/c.bin", "rb")
+        assert raised.value.errno == errno.EBUSY
+        assert held.read() == old
+    assert read_fully(mnt / "p/j/c.bin") == new
