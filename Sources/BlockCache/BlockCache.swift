@@ -220,38 +220,38 @@ public final class BlockCache: Sendable {
 
     /// Stores a completed block (its bytes at the start of `buffer`, which has room to pad it to whole
     /// pages) at `offset` of its object: writes it into the object's data file, with `O_DIRECT` where the
-    /// file system allows it (no page-cache copy), then its record, and indexes it, evicting old blocks if over capacity. False
-    /// if it could not be written, or is being written already.
+    /// file system allows it (no page-cache copy), then its record, and indexes it, evicting old blocks if
+    /// over capacity. False if it could not be written, or is stored or being written already.
     @discardableResult
     public func store(_ key: BlockKey, offset: Int64, buffer: BlockBuffer, length: Int, checksum: UInt64) -> Bool {
         guard claim(key) else { return false }
         let record = BlockFile.Record(offset: offset, length: Int64(length), checksum: checksum, objectTag: key.object.low, bootTag: bootTag)
         let stored = writeData(key, offset: offset, buffer: buffer, length: length) && writeRecord(key, record)
         let generation = counter.wrappingAdd(1, ordering: .relaxed).newValue
-        let orphaned: Bool = state.withLock { state in
+        state.withLock { state in
             state.writing.remove(key)
-            guard stored else { return Self.release(key.object, in: &state) }
+            guard stored else {
+                if Self.release(key.object, in: &state) { unlink(dataPath(key.object)) }
+                return
+            }
             state.clock += 1
             let entry = Entry(
                 offset: offset, length: Int64(length), checksum: checksum, size: Int64(BlockFile.fileSize(length: length)),
                 lastUse: state.clock, verified: true, generation: generation)
-            if let old = state.entries.updateValue(entry, forKey: key) {
-                state.total -= old.size
-                state.blocksPerObject[key.object, default: 1] -= 1
-            }
+            state.entries[key] = entry
             state.total += entry.size
-            return false
         }
-        if orphaned { unlink(dataPath(key.object)) }
         evictIfNeeded()
         return stored
     }
 
-    /// Takes block `key` for writing: waits while its space is being freed; false if it is being written.
+    /// Takes block `key` for writing: waits while its space is being freed; false if it is stored or being
+    /// written already (an object version's bytes never change, and rewriting a block in place could
+    /// show a reader of its file the zero padding of a last block past the object's end).
     private func claim(_ key: BlockKey) -> Bool {
         while true {
             let claimed: Bool? = state.withLock { state in
-                if state.writing.contains(key) { return false }
+                if state.writing.contains(key) || state.entries[key] != nil { return false }
                 if state.freeing.contains(key) { return nil }
                 state.writing.insert(key)
                 state.blocksPerObject[key.object, default: 0] += 1
@@ -263,7 +263,7 @@ public final class BlockCache: Sendable {
     }
 
     /// Counts one block of `object` less; true when none is left, so its data file must go (the caller
-    /// deletes it, with the state lock held, so that no store can have opened it meanwhile).
+    /// deletes it with the state lock still held, so that no store can have opened it meanwhile).
     private static func release(_ object: ObjectID, in state: inout State) -> Bool {
         let left = state.blocksPerObject[object, default: 1] - 1
         state.blocksPerObject[object] = left > 0 ? left : nil
