@@ -462,7 +462,10 @@ public final class BlockCache: Sendable {
                 }
                 var info = stat()
                 guard let index = Int(parts[1]), lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { continue }
-                guard let record = BlockFile.readRecord(path), record.objectTag == object.low else {
+                // A file of another layout (an earlier version's block with its trailer) is deleted too.
+                guard info.st_size == BlockFile.recordSize, let record = BlockFile.readRecord(path),
+                    record.objectTag == object.low
+                else {
                     unlink(path)
                     continue
                 }
@@ -533,6 +536,14 @@ public final class PinnedObject: Sendable {
         self.cache = cache
         self.object = object
         self.file = file
+    }
+
+    /// Starts reading the first `bytes` of the object into the kernel's page cache, without waiting
+    /// (`POSIX_FADV_WILLNEED`): the kernel's own read-ahead keeps only a window or two in flight, which
+    /// this VM's disk served at 385–1265 MB/s right after a 1 GiB write, against 1.9–2.0 GB/s with the
+    /// reads queued at once.
+    public func prefetch(_ bytes: Int64) {
+        _ = posix_fadvise(file.fd, 0, off_t(bytes), POSIX_FADV_WILLNEED)
     }
 
     deinit { cache.unpin(object) }

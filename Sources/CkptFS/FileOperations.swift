@@ -38,6 +38,7 @@ extension FileSystem {
                     // Uploaded meanwhile, but still open in passthrough: this open joins the staged file.
                     reply(req, fi, Handle(.staged(StagedHandle(file: file, writable: false)), ino: ino, backing: backing))
                 case .cached(let backing, let pinned):
+                    pinned.prefetch(min(info.size, Self.prefetchLimit))
                     reply(req, fi, Handle(.cached(pinned), ino: ino, backing: backing))
                 case .busy:
                     throw FileError(EBUSY)
@@ -86,6 +87,10 @@ extension FileSystem {
             try overlay.openForWrite(file, truncate: truncate, inPlace: !held.isEmpty)
         }
     }
+
+    /// How much of a fully cached object an open served by passthrough reads into the page cache at once:
+    /// an eighth of the machine's memory, so that opening a large file does not push everything else out.
+    static let prefetchLimit = Int64(sysconf(Int32(_SC_PHYS_PAGES))) * Int64(sysconf(Int32(_SC_PAGESIZE))) / 8
 
     /// How long a writer waits for the kernel's release of a handle just closed before `EBUSY`.
     static let releaseWait = 0.5

@@ -191,6 +191,25 @@ import TestSupport
         #expect(reopened.contains(key))
     }
 
+    @Test func aBlockFileOfTheEarlierLayoutIsDeletedAtStart() throws {
+        let scratch = ScratchDirectory()
+        let key = BlockKey(object: object, index: 3)
+        let old: String
+        do {
+            let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+            try store(cache, BlockKey(object: object, index: 0), pattern(100))
+            old = cache.recordPath(key)  // where the earlier layout kept a block, data and trailer
+            cache.lock.release()  // as if its process had ended
+        }
+        let fd = open(old, O_CREAT | O_WRONLY, 0o600)
+        _ = pattern(8192).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        #expect(!reopened.contains(key))
+        #expect(access(old, F_OK) != 0)
+        #expect(reopened.contains(BlockKey(object: object, index: 0)))
+    }
+
     @Test func aSecondCacheOnAnOpenDirectoryIsRefusedAndDeletesNothing() throws {
         let scratch = ScratchDirectory()
         let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
