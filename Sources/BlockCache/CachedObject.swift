@@ -528,7 +528,7 @@ final class FetchContext: Sendable {
     init(fetchThreads: Int, blockSize: Int) {
         fetchers = WorkerPool(threads: fetchThreads)
         buffers = BufferPool(blockSize: blockSize, retained: 2 * fetchThreads)
-        writer = BlockWriter(limit: 8, threads: 1)
+        writer = BlockWriter(limit: 8, threads: 2)
     }
 }
 

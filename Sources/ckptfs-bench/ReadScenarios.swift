@@ -29,9 +29,7 @@ extension Bench {
         declare(id, baseline: "local disk")
         for run in 1...runs {
             sample(id, "local disk", run: run) {
-                // In the state the contenders are timed in: page cache dropped, then the origin primed.
                 try Files.dropPageCache()
-                try prime([key])
                 return megabytesPerSecond(size, try Clock.measure { try Files.read(dataset.localObject, expected: size) })
             }
             for contender in contenders {

@@ -35,10 +35,7 @@ struct Scenario {
                     id: "warm-read", title: "Warm read of the \(object) object (block cache, page cache dropped)",
                     unit: .megabytesPerSecond,
                     method: "Read once through a mount, unmount, remount over the same cache, drop the page cache "
-                        + "(`/proc/sys/vm/drop_caches`), read the object once with curl (untimed), then time a read "
-                        + "with 1 MiB `read()` calls. The local disk is timed after the same drop and curl read: on "
-                        + "this VM, buffered reads of any file ran at 370–410 MB/s right after that curl read, "
-                        + "against 1.9–2.1 GB/s without it.",
+                        + "(`/proc/sys/vm/drop_caches`), then time a read with 1 MiB `read()` calls.",
                     baseline: "local disk: the same bytes in a local file, page cache dropped", baselineRows: ["local disk"],
                     target: "≥ 0.85× local disk"),
                 check: { ratio($0) { $0 >= 0.85 } },
