@@ -22,6 +22,15 @@ import TestSupport
         return bytes
     }
 
+    /// Stores 100 bytes as block `key` in a cache over `scratch` whose process then ends; returns `path` of
+    /// that cache.
+    private func endedCache(in scratch: ScratchDirectory, storing key: BlockKey, _ path: (BlockCache) -> String) throws -> String {
+        let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
+        try store(cache, key, pattern(100))
+        cache.lock.release()  // as if its process had ended
+        return path(cache)
+    }
+
     /// Allocated bytes of the file at `path`.
     private func allocated(_ path: String) -> Int {
         var info = stat()
@@ -177,13 +186,7 @@ import TestSupport
     @Test func deletesLeftoverTemporaryFilesAtStart() throws {
         let scratch = ScratchDirectory()
         let key = BlockKey(object: object, index: 0)
-        let temp: String
-        do {
-            let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
-            try store(cache, key, pattern(100))
-            temp = cache.recordPath(key) + ".99.1.tmp"
-            cache.lock.release()  // as if its process had ended
-        }
+        let temp = try endedCache(in: scratch, storing: key) { $0.recordPath(key) + ".99.1.tmp" }
         close(open(temp, O_CREAT | O_WRONLY, 0o600))
         #expect(access(temp, F_OK) == 0)
         let reopened = try BlockCache(directory: scratch.path, capacity: 1 << 20)
@@ -194,13 +197,8 @@ import TestSupport
     @Test func aBlockFileOfTheEarlierLayoutIsDeletedAtStart() throws {
         let scratch = ScratchDirectory()
         let key = BlockKey(object: object, index: 3)
-        let old: String
-        do {
-            let cache = try BlockCache(directory: scratch.path, capacity: 1 << 20)
-            try store(cache, BlockKey(object: object, index: 0), pattern(100))
-            old = cache.recordPath(key)  // where the earlier layout kept a block, data and trailer
-            cache.lock.release()  // as if its process had ended
-        }
+        // Where the earlier layout kept a block, data and trailer.
+        let old = try endedCache(in: scratch, storing: BlockKey(object: object, index: 0)) { $0.recordPath(key) }
         let fd = open(old, O_CREAT | O_WRONLY, 0o600)
         _ = pattern(8192).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
