@@ -73,8 +73,9 @@ def resident_bytes(path) -> int:
 
 def test_reads_bypass_the_page_cache_unless_asked_for_it(mounter, dataset):
     """Direct reads (Linux 6.6+, which still allows mmap of such files) leave no page-cache pages behind;
-    --page-cache keeps them, so a re-read skips the daemon."""
-    direct = mounter.mount(f"s3://{dataset.bucket}").mountpoint
+    --page-cache keeps them, so a re-read skips the daemon. (With --allow-overwrite, so that fincore's own open
+    of the then fully cached file is served by the daemon too, not by passthrough from the cache's copy.)"""
+    direct = mounter.mount(f"s3://{dataset.bucket}", args=["--allow-overwrite"]).mountpoint
     cached = mounter.mount(f"s3://{dataset.bucket}", args=["--page-cache"]).mountpoint
     major, minor = (int(part) for part in platform.release().split(".")[:2])
     for mnt in (direct, cached):
