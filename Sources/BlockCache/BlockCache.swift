@@ -126,15 +126,15 @@ public final class BlockCache: Sendable {
         guard let (entry, fd) = openCached(key, direct: true) else { return nil }
         defer { close(fd) }
         let length = Int(entry.length)
-        let whole = (length + BlockFile.alignment - 1) / BlockFile.alignment * BlockFile.alignment
+        let whole = BlockFile.pages(length)
         guard whole <= buffer.capacity else {
             dropCorrupt(key)
             return nil
         }
         let image = UnsafeMutableRawBufferPointer(start: buffer.pointer, count: whole)
-        let read = Self.read(fd, into: image, atLeast: length, at: entry.offset)
+        let complete = readAtLeast(length, fd, into: image, at: entry.offset)
         let bytes = UnsafeRawBufferPointer(rebasing: image[0..<length])
-        guard read, entry.verified || XXH64.hash(bytes) == entry.checksum else {
+        guard complete, entry.verified || XXH64.hash(bytes) == entry.checksum else {
             if isCurrent(key, generation: entry.generation) { dropCorrupt(key) }
             return nil
         }
@@ -173,27 +173,13 @@ public final class BlockCache: Sendable {
     /// file is gone (then forgotten).
     private func openCached(_ key: BlockKey, direct: Bool = false) -> (entry: Entry, fd: Int32)? {
         guard let entry = use(key) else { return nil }
-        let path = dataPath(key.object)
-        var fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | (direct ? ckptfs_o_direct : 0))
-        if fd < 0 && errno == EINVAL && direct { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) }
+        let fd = BlockFile.open(dataPath(key.object), O_RDONLY | O_CLOEXEC, direct: direct)
         guard fd >= 0 else {
             // Only a file that is gone leaves the index; out of descriptors (EMFILE) it stays counted.
             if errno == ENOENT && isCurrent(key, generation: entry.generation) { dropCorrupt(key) }
             return nil
         }
         return (entry, fd)
-    }
-
-    /// `pread` until at least `minimum` bytes are in `bytes` (it may stop at the end of the file after them).
-    private static func read(_ fd: Int32, into bytes: UnsafeMutableRawBufferPointer, atLeast minimum: Int, at offset: Int64) -> Bool {
-        var done = 0
-        while done < minimum {
-            let n = pread(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + Int64(done)))
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return false }
-            done += n
-        }
-        return true
     }
 
     /// Registers the one observer of evictions (the object registry of the mount).
@@ -209,13 +195,16 @@ public final class BlockCache: Sendable {
     /// Deletes a block that failed verification, so it is fetched again instead of served.
     private func dropCorrupt(_ key: BlockKey) {
         logger.warning("dropping corrupt cache block", metadata: ["file": "\(recordPath(key))"])
-        let removed: [(BlockKey, Entry)] = state.withLock { state in
-            guard let entry = state.entries.removeValue(forKey: key) else { return [] }
-            state.total -= entry.size
-            state.freeing.insert(key)
-            return [(key, entry)]
-        }
+        let removed = state.withLock { state in Self.take(key, from: &state).map { [(key, $0)] } ?? [] }
         free(removed)
+    }
+
+    /// Takes block `key` out of the index, into `freeing`; its entry, if it was cached.
+    private static func take(_ key: BlockKey, from state: inout State) -> Entry? {
+        guard let entry = state.entries.removeValue(forKey: key) else { return nil }
+        state.total -= entry.size
+        state.freeing.insert(key)
+        return entry
     }
 
     /// Stores a completed block (its bytes at the start of `buffer`, which has room to pad it to whole
@@ -275,13 +264,13 @@ public final class BlockCache: Sendable {
     /// end, so that no block's bytes go through the page cache.
     private func writeData(_ key: BlockKey, offset: Int64, buffer: BlockBuffer, length: Int) -> Bool {
         let path = dataPath(key.object)
-        let page = BlockFile.alignment
-        let whole = (length + page - 1) / page * page
-        let aligned = offset % Int64(page) == 0 && whole <= buffer.capacity
-        var fd = Self.openForWriting(path, direct: aligned)
+        let whole = BlockFile.pages(length)
+        let aligned = offset % Int64(BlockFile.alignment) == 0 && whole <= buffer.capacity
+        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW
+        var fd = BlockFile.open(path, flags, direct: aligned)
         if fd < 0 && errno == ENOENT {
             mkdir(String(path[..<path.lastIndex(of: "/")!]), 0o700)
-            fd = Self.openForWriting(path, direct: aligned)
+            fd = BlockFile.open(path, flags, direct: aligned)
         }
         guard fd >= 0 else {
             logger.warning("cannot open cache file", metadata: ["file": "\(path)", "errno": "\(errno)"])
@@ -298,17 +287,6 @@ public final class BlockCache: Sendable {
             return false
         }
         return true
-    }
-
-    /// Opens a data file for writing, creating it, bypassing the page cache (`direct`) where the file
-    /// system supports it.
-    private static func openForWriting(_ path: String, direct: Bool) -> Int32 {
-        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW
-        if direct {
-            let fd = Glibc.open(path, flags | ckptfs_o_direct, 0o600)
-            if fd >= 0 || errno != EINVAL { return fd }
-        }
-        return Glibc.open(path, flags, 0o600)
     }
 
     /// Writes block `key`'s record under a temporary name and renames it into place.
@@ -402,9 +380,7 @@ public final class BlockCache: Sendable {
             for (key, entry) in state.entries.sorted(by: { $0.value.lastUse < $1.value.lastUse }) {
                 if state.total <= target { break }
                 if state.pins[key.object] != nil { continue }
-                state.total -= entry.size
-                state.entries.removeValue(forKey: key)
-                state.freeing.insert(key)
+                _ = Self.take(key, from: &state)
                 victims.append((key, entry))
             }
             return victims
@@ -425,8 +401,7 @@ public final class BlockCache: Sendable {
                 unlink(recordPath(key))
                 let fd = files[key.object] ?? Glibc.open(dataPath(key.object), O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
                 files[key.object] = fd
-                let length = (entry.length + Int64(BlockFile.alignment) - 1) / Int64(BlockFile.alignment) * Int64(BlockFile.alignment)
-                if fd >= 0 && ckptfs_punch_hole(fd, off_t(entry.offset), off_t(length)) != 0 {
+                if fd >= 0 && ckptfs_punch_hole(fd, off_t(entry.offset), off_t(BlockFile.pages(entry.length))) != 0 {
                     logger.warning("cannot free an evicted block's space", metadata: ["file": "\(dataPath(key.object))", "errno": "\(errno)"])
                 }
             }
@@ -511,7 +486,7 @@ public final class BlockCache: Sendable {
         for record in records.sorted(by: { $0.offset < $1.offset }) {
             let start = record.offset / page * page
             if start > position { _ = ckptfs_punch_hole(fd, off_t(position), off_t(start - position)) }
-            position = max(position, (record.offset + record.length + page - 1) / page * page)
+            position = max(position, BlockFile.pages(record.offset + record.length))
         }
         if Int64(info.st_size) > position { _ = ckptfs_punch_hole(fd, off_t(position), off_t(Int64(info.st_size) - position)) }
     }

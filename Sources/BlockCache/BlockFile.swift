@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 
 /// On-disk layout of the cache: an object's blocks live in one sparse *data file* `<object-id>.data`, each
@@ -10,9 +11,23 @@ enum BlockFile {
     static let alignment = 4096
     static let recordSize = 48
 
+    /// `length` rounded up to whole pages.
+    static func pages<T: BinaryInteger>(_ length: T) -> T {
+        (length + T(alignment) - 1) / T(alignment) * T(alignment)
+    }
+
     /// Disk space one block of `length` bytes takes: its data in whole pages, and its record's page.
     static func fileSize(length: Int) -> Int {
-        (length + alignment - 1) / alignment * alignment + alignment
+        pages(length) + alignment
+    }
+
+    /// Opens `path` with `flags`, also `O_DIRECT` (`direct`) where the file system supports it.
+    static func open(_ path: String, _ flags: Int32, direct: Bool, mode: mode_t = 0o600) -> Int32 {
+        if direct {
+            let fd = Glibc.open(path, flags | ckptfs_o_direct, mode)
+            if fd >= 0 || errno != EINVAL { return fd }
+        }
+        return Glibc.open(path, flags, mode)
     }
     static let magic: UInt64 = 0x324B_4C42_5450_4B43  // "CKPTBLK2" little-endian
 
@@ -37,7 +52,7 @@ enum BlockFile {
 
     /// Reads the record file at `path`; nil unless it is one.
     static func readRecord(_ path: String) -> Record? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0)
@@ -81,8 +96,14 @@ func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int64) 
 
 /// `pread` until `bytes` is full; false on error or end of file.
 func readFully(_ fd: Int32, _ bytes: UnsafeMutableRawBufferPointer, at offset: Int64) -> Bool {
+    readAtLeast(bytes.count, fd, into: bytes, at: offset)
+}
+
+/// `pread` until at least `minimum` bytes are in `bytes` (it may stop at the end of the file after them);
+/// false on error or an end of file before them.
+func readAtLeast(_ minimum: Int, _ fd: Int32, into bytes: UnsafeMutableRawBufferPointer, at offset: Int64) -> Bool {
     var done = 0
-    while done < bytes.count {
+    while done < minimum {
         let n = pread(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + Int64(done)))
         if n < 0 && errno == EINTR { continue }
         if n <= 0 { return false }

@@ -44,10 +44,11 @@ public final class ObjectRegistry: Sendable {
         }
     }
 
-    /// Pins `info`'s blocks in the cache if all of them are there (see `BlockCache.pin`), so that the
-    /// kernel can read the object from its data file; nil if it cannot be.
-    public func pinCached(_ info: ObjectInfo) -> PinnedObject? {
-        cache.pin(objectID(info), blocks: Int((info.size + blockSize - 1) / blockSize), bytes: info.size)
+    /// Pins the blocks of `info` (cache identity `id`, from `objectID`) in the cache if all of them are
+    /// there (see `BlockCache.pin`), so that the kernel can read the object from its data file; nil if it
+    /// cannot be.
+    public func pinCached(_ info: ObjectInfo, id: ObjectID) -> PinnedObject? {
+        cache.pin(id, blocks: Int((info.size + blockSize - 1) / blockSize), bytes: info.size)
     }
 
     /// Waits until every fetched block has been written to the cache (at unmount, so a remount finds them).

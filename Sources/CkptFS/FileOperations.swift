@@ -29,11 +29,12 @@ extension FileSystem {
             case .file(let info):
                 // Not for a file this mount may write (a writer could not open an inode in passthrough),
                 // nor with `--page-cache` (whose pages of the file a passthrough open would drop).
+                let id = registry.objectID(info)
                 let pin = { [registry, settings, overlay] in
                     settings.allowOverwrite || !settings.directReads || overlay?.wrote(info.key) == true
-                        ? nil : registry.pinCached(info)
+                        ? nil : registry.pinCached(info, id: id)
                 }
-                switch passthrough.beginStored(ino, object: registry.objectID(info), pin: pin) {
+                switch passthrough.beginStored(ino, object: id, pin: pin) {
                 case .staged(let backing, let file):
                     // Uploaded meanwhile, but still open in passthrough: this open joins the staged file.
                     reply(req, fi, Handle(.staged(StagedHandle(file: file, writable: false)), ino: ino, backing: backing))
@@ -142,14 +143,18 @@ extension FileSystem {
                     fuse_reply_err(req, FileSystem.errno(error))
                 }
             case .staged(let handle):
-                let count = pread(handle.file.file.fd, base, size, off_t(offset))
-                if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, base, count) }
+                replyRead(req, from: handle.file.file, size: size, offset: offset, through: base)
             case .cached(let pinned):
                 // The kernel reads the data file itself; a READ still sent is served from it the same way.
-                let count = pread(pinned.file.fd, base, size, off_t(offset))
-                if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, base, count) }
+                replyRead(req, from: pinned.file, size: size, offset: offset, through: base)
             }
         }
+    }
+
+    /// Answers READ with up to `size` bytes at `offset` of the local `file`, read into `buffer`.
+    private func replyRead(_ req: fuse_req_t?, from file: OpenFile, size: Int, offset: Int64, through buffer: UnsafeMutableRawPointer) {
+        let count = pread(file.fd, buffer, size, off_t(offset))
+        if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, buffer, count) }
     }
 
     /// The object inode `ino` names now, if it is another one than `object` (a rename's copy of it).
