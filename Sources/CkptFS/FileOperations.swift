@@ -13,19 +13,19 @@ extension FileSystem {
         let flags = fi.pointee.flags
         let writing = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
         do throws(FileError) {
-            let kind = try namespaceCall { () throws(NamespaceError) in try namespace.kind(of: ino) }
+            let (kind, version) = try kindAndVersion(of: ino)
             let staged: StagedHandle
             switch kind {
-            case .staged(let key):
-                guard let overlay, var file = stagedFile(ino, key, in: overlay) else { throw FileError(ENOENT) }
+            case .staged:
+                guard let overlay, var file = version else { throw FileError(ENOENT) }
                 if writing { file = try openForWriting(file, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay) }
-                staged = StagedHandle(file: file, writable: writing)
+                staged = StagedHandle(file: file, writable: writing, flags: flags)
             case .file(let info) where writing:
                 let key = try namespaceCall { () throws(NamespaceError) in try namespace.key(of: ino) }
                 let overlay = try writableOverlay(for: key, protectedBy: settings.allowOverwrite)
                 let file = try openStored(key, info, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay)
                 namespace.update(ino, kind: .staged(key: key))
-                staged = StagedHandle(file: file, writable: true)
+                staged = StagedHandle(file: file, writable: true, flags: flags)
             case .file(let info):
                 // Not for a file this mount may write (a writer could not open an inode in passthrough),
                 // nor with `--page-cache` (whose pages of the file a passthrough open would drop).
@@ -37,7 +37,7 @@ extension FileSystem {
                 switch passthrough.beginStored(ino, object: id, pin: pin) {
                 case .staged(let backing, let file):
                     // Uploaded meanwhile, but still open in passthrough: this open joins the staged file.
-                    reply(req, fi, Handle(.staged(StagedHandle(file: file, writable: false)), ino: ino, backing: backing))
+                    reply(req, fi, Handle(.staged(StagedHandle(file: file, writable: false, flags: flags)), ino: ino, backing: backing))
                 case .cached(let backing, let pinned):
                     pinned.prefetch(min(info.size, Self.prefetchLimit))
                     reply(req, fi, Handle(.cached(pinned), ino: ino, backing: backing))
@@ -93,6 +93,9 @@ extension FileSystem {
     /// an eighth of the machine's memory, so that opening a large file does not push everything else out.
     static let prefetchLimit = Int64(sysconf(Int32(_SC_PHYS_PAGES))) * Int64(sysconf(Int32(_SC_PAGESIZE))) / 8
 
+    /// How many times an open queries a name again whose staged version was uploaded meanwhile.
+    static let uploadRaces = 3
+
     /// How long a writer waits for the kernel's release of a handle just closed before `EBUSY`.
     static let releaseWait = 0.5
 
@@ -123,27 +126,34 @@ extension FileSystem {
     }
 
     func read(_ req: fuse_req_t?, _ size: Int, _ offset: Int64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        let handle = Self.handle(fi)
         ThreadBuffer.with(atLeast: size) { base in
-            switch Self.handle(fi).content {
-            case .remote(let handle):
-                let prefetch = handle.window.withLock { $0.record(offset: offset, length: Int64(size)) }
-                func reply(_ bytes: UnsafeRawBufferPointer) { fuse_reply_buf(req, bytes.baseAddress, bytes.count) }
+            switch handle.content {
+            case .remote(let remote):
+                let object = remote.object
+                // Past the end of the version opened: a writer of this mount may have made a longer one since.
+                if offset + Int64(size) > object.size, overlay?.wrote(object.key) == true,
+                    let newer = successor(of: handle.ino, replacing: object) {
+                    return replyRead(req, from: newer, size: size, offset: offset, through: base)
+                }
+                let prefetch = remote.window.withLock { $0.record(offset: offset, length: Int64(size)) }
                 do throws(StoreError) {
-                    do throws(StoreError) {
-                        try handle.object.read(offset: offset, count: size, prefetch: prefetch, scratch: base, deliver: reply)
-                    } catch .notFound {
-                        // Renamed through this mount since the open: its copy has run and the old key is gone.
-                        guard let moved = movedObject(Self.handle(fi).ino, from: handle.object) else { throw .notFound(handle.object.key) }
-                        let object = registry.acquire(moved)
-                        defer { registry.release(object) }
-                        try object.read(offset: offset, count: size, prefetch: 0, scratch: base, deliver: reply)
+                    try object.read(offset: offset, count: size, prefetch: prefetch, scratch: base) {
+                        fuse_reply_buf(req, $0.baseAddress, $0.count)
                     }
                 } catch {
-                    logger.warning("read failed", metadata: ["key": "\(handle.object.key)", "error": "\(error)"])
-                    fuse_reply_err(req, FileSystem.errno(error))
+                    if error.isGone, let newer = successor(of: handle.ino, replacing: object) {
+                        return replyRead(req, from: newer, size: size, offset: offset, through: base)
+                    }
+                    replyFailedRead(req, object.key, error)
                 }
-            case .staged(let handle):
-                replyRead(req, from: handle.file.file, size: size, offset: offset, through: base)
+            case .staged(let staged):
+                let count = pread(staged.file.file.fd, base, size, off_t(offset))
+                if count >= 0 && count < size,
+                    let newer = successor(of: handle.ino, replacing: staged.file, readingTo: offset + Int64(count)) {
+                    return replyRead(req, from: newer, size: size, offset: offset, through: base)
+                }
+                if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, base, count) }
             case .cached(let pinned):
                 // The kernel reads the data file itself; a READ still sent is served from it the same way.
                 replyRead(req, from: pinned.file, size: size, offset: offset, through: base)
@@ -157,10 +167,63 @@ extension FileSystem {
         if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, buffer, count) }
     }
 
-    /// The object inode `ino` names now, if it is another one than `object` (a rename's copy of it).
-    private func movedObject(_ ino: UInt64, from object: CachedObject) -> ObjectInfo? {
-        guard case .file(let info)? = try? namespace.currentKind(of: ino), ExactString(info.key) != ExactString(object.key) else { return nil }
-        return info
+    /// Answers READ from `version`, the one that replaced what the handle opened.
+    private func replyRead(_ req: fuse_req_t?, from version: Successor, size: Int, offset: Int64, through buffer: UnsafeMutableRawPointer) {
+        switch version {
+        case .object(let info):
+            let object = registry.acquire(info)
+            defer { registry.release(object) }
+            do throws(StoreError) {
+                try object.read(offset: offset, count: size, prefetch: 0, scratch: buffer) { fuse_reply_buf(req, $0.baseAddress, $0.count) }
+            } catch {
+                replyFailedRead(req, info.key, error)
+            }
+        case .staged(let file):
+            replyRead(req, from: file.file, size: size, offset: offset, through: buffer)
+        }
+    }
+
+    private func replyFailedRead(_ req: fuse_req_t?, _ key: String, _ error: StoreError) {
+        logger.warning("read failed", metadata: ["key": "\(key)", "error": "\(error)"])
+        fuse_reply_err(req, FileSystem.errno(error))
+    }
+
+    /// The version of a file a read goes on with when the one its handle opened is no longer the file's.
+    enum Successor {
+        case object(ObjectInfo)
+        case staged(StagedFile)
+    }
+
+    /// What inode `ino` holds now in place of `object`, the version it opened (nil: nothing else): the copy a
+    /// rename through this mount made of it, or a newer version this mount wrote (staged, or uploaded).
+    /// As on a local file system, a reader holding a file reads what writers of this mount wrote to it since
+    /// (a log being appended to); a version another client put on the server is still `ESTALE`.
+    private func successor(of ino: UInt64, replacing object: CachedObject) -> Successor? {
+        let found = try? withVersion(
+            of: { () throws(FileError) in try namespaceCall { () throws(NamespaceError) in try namespace.currentKind(of: ino) } },
+            in: { [overlay] in overlay?.stagedFile($0) })
+        switch found?.kind {
+        case .file(let info)?:
+            let renamed = ExactString(info.key) != ExactString(object.key)
+            guard renamed || (info.etag != object.etag && overlay?.wrote(info.key) == true) else { return nil }
+            return .object(info)
+        case .staged?:
+            return found?.version.map(Successor.staged)
+        default:
+            return nil
+        }
+    }
+
+    /// What inode `ino` holds now in place of `file`, the staged version a read reached the end of at
+    /// `end` (nil: `file` still, or nothing longer): the newer version a writer made while `file` was
+    /// uploading, or the upload of a later one. Reading on from it keeps the kernel from taking the short
+    /// read for the file's size, which would put the next `O_APPEND` write over the last one.
+    private func successor(of ino: UInt64, replacing file: StagedFile, readingTo end: Int64) -> Successor? {
+        switch try? kindAndVersion(of: ino) {
+        case (.staged, let newer?)? where newer !== file: return .staged(newer)
+        case (.file(let info), _)? where info.size > end: return .object(info)
+        default: return nil
+        }
     }
 
     func release(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>) {
@@ -188,7 +251,9 @@ extension FileSystem {
             let key = try newKey(parent, name)
             guard let overlay else { throw FileError(EROFS) }
             let flags = fi.pointee.flags
-            let existing = try namespaceCall { () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }
+            let (existing, version) = try withVersion(
+                of: { () throws(FileError) in try namespaceCall { () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) } },
+                in: { overlay.stagedFile($0) })
             if existing != nil && flags & O_EXCL != 0 { throw FileError(EEXIST) }
             let file: StagedFile
             // The kernel sends CREATE without a lookup when it has no cached entry, so the name may exist.
@@ -198,8 +263,8 @@ extension FileSystem {
             case .file(let info):
                 _ = try writableOverlay(for: key, protectedBy: settings.allowOverwrite)
                 file = try openStored(key, info, ino: namespace.knownIno(parent: parent, name: name), truncate: flags & O_TRUNC != 0, overlay: overlay)
-            case .staged(let stagedKey):
-                guard let current = overlay.stagedFile(stagedKey) else { throw FileError(ENOENT) }
+            case .staged:
+                guard let current = version else { throw FileError(ENOENT) }
                 file = try openForWriting(
                     current, ino: namespace.knownIno(parent: parent, name: name), truncate: flags & O_TRUNC != 0, overlay: overlay)
             case nil:
@@ -216,7 +281,7 @@ extension FileSystem {
             var entry = self.entry(attributes)
             var backing: Int32 = 0
             if case .kernel(let id, _) = passthrough.begin(attributes.ino, staged: file, starts: true) { backing = id }
-            let handle = Handle(.staged(StagedHandle(file: file, writable: true)), ino: attributes.ino, backing: backing)
+            let handle = Handle(.staged(StagedHandle(file: file, writable: true, flags: flags)), ino: attributes.ino, backing: backing)
             fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
             fi.pointee.keep_cache = 0
             fi.pointee.direct_io = Self.bypassesPageCache(flags) ? 1 : 0
@@ -233,6 +298,9 @@ extension FileSystem {
             fuse_reply_err(req, EBADF)
             return
         }
+        // Each write of an O_APPEND file goes to its end (POSIX). The kernel's offset is the size it has
+        // cached, which can be stale: another version's reply, or a newer version's upload.
+        let offset = handle.appends ? handle.file.size : offset
         do throws(OverlayError) {
             try overlay?.reserve(handle.file, growingTo: offset + Int64(size))
         } catch {
@@ -258,12 +326,12 @@ extension FileSystem {
 
     func setattr(_ req: fuse_req_t?, _ ino: UInt64, _ attr: stat, _ valid: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         do throws(FileError) {
-            let kind = try namespaceCall { () throws(NamespaceError) in try namespace.kind(of: ino) }
+            let (kind, version) = try kindAndVersion(of: ino)
             let changesContent = valid & FUSE_SET_ATTR_SIZE != 0
             let changesTimes = valid & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW) != 0
             switch kind {
-            case .staged(let key):
-                guard let overlay, let current = stagedFile(ino, key, in: overlay) else { throw FileError(ENOENT) }
+            case .staged:
+                guard let overlay, let current = version else { throw FileError(ENOENT) }
                 var file = current
                 if changesContent {
                     // As a writer would: a version that is uploading right now is left to its upload.
@@ -526,10 +594,30 @@ extension FileSystem {
         return overlay?.stagedFile(key)
     }
 
-    /// The staged file of inode `ino`, whose kind is `.staged(key)`: the one it kept if its name was removed
-    /// since (`key` may name another file now), else the current version of `key`.
-    private func stagedFile(_ ino: UInt64, _ key: String, in overlay: Overlay) -> StagedFile? {
-        namespace.detachedContent(of: ino) as? StagedFile ?? overlay.stagedFile(key)
+    /// The kind of inode `ino` and, if it is a staged file, that file: the one the inode kept if its name was
+    /// removed since (its key may name another file now), else its key's current version.
+    private func kindAndVersion(of ino: UInt64) throws(FileError) -> (kind: EntryKind, version: StagedFile?) {
+        let (kind, version) = try withVersion(
+            of: { () throws(FileError) in try namespaceCall { () throws(NamespaceError) in try namespace.kind(of: ino) } },
+            in: { [namespace, overlay] key in namespace.detachedContent(of: ino) as? StagedFile ?? overlay?.stagedFile(key) })
+        guard let kind else { throw FileError(ENOENT) }  // never: the query gives a kind or throws
+        return (kind, version)
+    }
+
+    /// The kind `query` finds and, for a staged file, its version from `version(key)`. A version whose
+    /// upload finishes between the two is served from the store from then on, so the kind is queried again
+    /// (the namespace follows the upload) rather than taking the file for gone. A version still missing
+    /// then (nil) is one that was removed.
+    private func withVersion(
+        of query: () throws(FileError) -> EntryKind?, in version: (String) -> StagedFile?
+    ) throws(FileError) -> (kind: EntryKind?, version: StagedFile?) {
+        var kind = try query()
+        for _ in 0..<Self.uploadRaces {
+            guard case .staged(let key)? = kind else { return (kind, nil) }
+            if let file = version(key) { return (kind, file) }
+            kind = try query()
+        }
+        return (kind, nil)
     }
 
     /// The overlay, if `key` may be changed: written through this mount, or the flag allows it.
@@ -545,8 +633,8 @@ extension FileSystem {
 
     /// The key of a name being created (create, mkdir, rename's target), refusing one no file can have
     /// with ext4's errno: `ENAMETOOLONG` over 255 bytes, `EEXIST` for `.` and `..` (they exist), `EINVAL`
-    /// for an empty name or one holding NUL or `/` (the kernel sends none of these three).
-    /// The key of a name to be created in `parent`: a valid name, and a key the store can hold.
+    /// for an empty name or one holding NUL or `/` (the kernel sends none of these three), and
+    /// `ENAMETOOLONG` for a key longer than the store can hold.
     private func newKey(_ parent: UInt64, _ name: String) throws(FileError) -> String {
         guard NameRules.isValid(name) else {
             if name.utf8.count > NameRules.maxNameBytes { throw FileError(ENAMETOOLONG) }

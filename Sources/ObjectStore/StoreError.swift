@@ -36,6 +36,14 @@ public enum StoreError: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// Whether the version asked for is no longer on the server: deleted, or replaced by another one.
+    public var isGone: Bool {
+        switch self {
+        case .notFound, .changed: return true
+        default: return false
+        }
+    }
+
     /// Whether retrying the same request may succeed. Besides 5xx and 429, the error codes S3 uses for
     /// throttling and internal failures count, whatever the status: they also arrive inside a 200 answer
     /// (CompleteMultipartUpload, CopyObject), and RequestTimeout comes with a 400.

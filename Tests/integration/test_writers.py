@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import uuid
 
 import pytest
@@ -47,6 +48,61 @@ def test_concurrent_appenders_to_an_uploaded_file_all_land(mounter, moto_client,
         assert sorted(content.splitlines()) == sorted(["base"] + [line.strip() for line in lines]), f"attempt {attempt}"
         sync(ckptfs_bin, moto_env, path)
         assert body(moto_client, bucket, "p/j/log.txt").decode() == content
+
+
+@pytest.mark.parametrize("args", [[], ["--staging-size", "1G"]], ids=["passthrough", "daemon"])
+def test_appends_to_a_log_being_read_all_land_and_its_readers_never_fail(mounter, ckptfs_bin, moto_env, bucket, args):
+    # Every append is a new version: staged, uploaded, then replaced by the next one while readers open it.
+    root = mounter.mount(f"s3://{bucket}", args=args).mountpoint
+    path = root / "p/j/log.txt"
+    path.parent.mkdir(parents=True)
+    path.write_text("start\n")
+    held = os.open(path, os.O_RDONLY)
+    stop = threading.Event()
+    failures, seen = [], []
+
+    def read_all(fd: int) -> bytes:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def reader():
+        while not stop.is_set():
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    seen.append(read_all(fd))
+                finally:
+                    os.close(fd)
+            except OSError as error:
+                failures.append(errno.errorcode[error.errno])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    expected = b"start\n"
+    try:
+        for n in range(200):
+            with open(path, "a") as log:
+                log.write(f"{n}\n")
+            expected += f"{n}\n".encode()
+            # A reader of an older version must not make the kernel take that one's size for the file's,
+            # where the next append would go (over this line).
+            assert path.read_bytes() == expected, n
+            if n % 50 == 0:
+                sync(ckptfs_bin, moto_env, path)
+    finally:
+        stop.set()
+        thread.join(60)
+    final = expected
+    try:
+        assert read_all(held) == final  # the first reader, like tail -f, reads on into what was appended
+    finally:
+        os.close(held)
+    assert not thread.is_alive()
+    assert failures == []
+    assert seen and all(final.startswith(content) for content in seen)
+    assert path.read_bytes() == final
 
 
 def test_a_failed_copy_up_changes_nothing(mounter, moto_client, ckptfs_bin, moto_env, bucket):
