@@ -183,6 +183,7 @@ extension FileSystem {
         }
     }
 
+    /// Answers READ with the errno of `error`, a failed read of `key`, and logs it.
     private func replyFailedRead(_ req: fuse_req_t?, _ key: String, _ error: StoreError) {
         logger.warning("read failed", metadata: ["key": "\(key)", "error": "\(error)"])
         fuse_reply_err(req, FileSystem.errno(error))
@@ -299,7 +300,7 @@ extension FileSystem {
             return
         }
         // Each write of an O_APPEND file goes to its end (POSIX). The kernel's offset is the size it has
-        // cached, which can be stale: another version's reply, or a newer version's upload.
+        // cached, which can lag behind the staged file's.
         let offset = handle.appends ? handle.file.size : offset
         do throws(OverlayError) {
             try overlay?.reserve(handle.file, growingTo: offset + Int64(size))
