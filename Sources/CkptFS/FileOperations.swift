@@ -19,13 +19,13 @@ extension FileSystem {
             case .staged:
                 guard let overlay, var file = version else { throw FileError(ENOENT) }
                 if writing { file = try openForWriting(file, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay) }
-                staged = StagedHandle(file: file, writable: writing, flags: flags)
+                staged = StagedHandle(file: file, writable: writing)
             case .file(let info) where writing:
                 let key = try namespaceCall { () throws(NamespaceError) in try namespace.key(of: ino) }
                 let overlay = try writableOverlay(for: key, protectedBy: settings.allowOverwrite)
                 let file = try openStored(key, info, ino: ino, truncate: flags & O_TRUNC != 0, overlay: overlay)
                 namespace.update(ino, kind: .staged(key: key))
-                staged = StagedHandle(file: file, writable: true, flags: flags)
+                staged = StagedHandle(file: file, writable: true)
             case .file(let info):
                 // Not for a file this mount may write (a writer could not open an inode in passthrough),
                 // nor with `--page-cache` (whose pages of the file a passthrough open would drop).
@@ -37,7 +37,7 @@ extension FileSystem {
                 switch passthrough.beginStored(ino, object: id, pin: pin) {
                 case .staged(let backing, let file):
                     // Uploaded meanwhile, but still open in passthrough: this open joins the staged file.
-                    reply(req, fi, Handle(.staged(StagedHandle(file: file, writable: false, flags: flags)), ino: ino, backing: backing))
+                    reply(req, fi, Handle(.staged(StagedHandle(file: file, writable: false)), ino: ino, backing: backing))
                 case .cached(let backing, let pinned):
                     pinned.prefetch(min(info.size, Self.prefetchLimit))
                     reply(req, fi, Handle(.cached(pinned), ino: ino, backing: backing))
@@ -282,7 +282,7 @@ extension FileSystem {
             var entry = self.entry(attributes)
             var backing: Int32 = 0
             if case .kernel(let id, _) = passthrough.begin(attributes.ino, staged: file, starts: true) { backing = id }
-            let handle = Handle(.staged(StagedHandle(file: file, writable: true, flags: flags)), ino: attributes.ino, backing: backing)
+            let handle = Handle(.staged(StagedHandle(file: file, writable: true)), ino: attributes.ino, backing: backing)
             fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
             fi.pointee.keep_cache = 0
             fi.pointee.direct_io = Self.bypassesPageCache(flags) ? 1 : 0
@@ -299,9 +299,6 @@ extension FileSystem {
             fuse_reply_err(req, EBADF)
             return
         }
-        // Each write of an O_APPEND file goes to its end (POSIX). The kernel's offset is the size it has
-        // cached, which can lag behind the staged file's.
-        let offset = handle.appends ? handle.file.size : offset
         do throws(OverlayError) {
             try overlay?.reserve(handle.file, growingTo: offset + Int64(size))
         } catch {

@@ -1,7 +1,6 @@
 import BlockCache
 import Namespace
 import Overlay
-import Glibc
 import Synchronization
 
 /// What `fuse_file_info.fh` points to: a remote object being read, a fully cached one the kernel reads
@@ -40,12 +39,9 @@ final class FileHandle: Sendable {
 final class StagedHandle: Sendable {
     let file: StagedFile
     let writable: Bool
-    /// Opened with `O_APPEND`: each write goes to the end of the file.
-    let appends: Bool
 
-    init(file: StagedFile, writable: Bool, flags: Int32) {
+    init(file: StagedFile, writable: Bool) {
         self.file = file
         self.writable = writable
-        self.appends = writable && flags & O_APPEND != 0
     }
 }

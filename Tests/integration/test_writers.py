@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 import shutil
 import subprocess
@@ -103,6 +104,49 @@ def test_appends_to_a_log_being_read_all_land_and_its_readers_never_fail(mounter
     assert failures == []
     assert seen and all(final.startswith(content) for content in seen)
     assert path.read_bytes() == final
+
+
+@pytest.mark.parametrize("reader", [False, True], ids=["alone", "with-reader"])
+@pytest.mark.parametrize("args", [[], ["--staging-size", "1G"]], ids=["passthrough", "daemon"])
+def test_a_shared_mmap_of_a_file_opened_for_appending_writes_in_place(mounter, ckptfs_bin, moto_env, bucket, args, reader):
+    # The kernel writes a dirty page back at the page's offset; O_APPEND applies to write(2) only. A reader
+    # opened first makes the writer daemon-served in passthrough mode too.
+    root = mounter.mount(f"s3://{bucket}", args=args).mountpoint
+    path = root / "p/j/log.bin"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"A" * 8192)
+    held = os.open(path, os.O_RDONLY) if reader else None
+    try:
+        with open(path, "a+b") as log:
+            with mmap.mmap(log.fileno(), 8192) as mapped:
+                mapped[0:1] = b"X"
+                mapped.flush()
+    finally:
+        if held is not None:
+            os.close(held)
+    assert path.read_bytes() == b"X" + b"A" * 8191
+    sync(ckptfs_bin, moto_env, path)
+    assert path.read_bytes() == b"X" + b"A" * 8191
+
+
+@pytest.mark.parametrize("args", [[], ["--staging-size", "1G"]], ids=["passthrough", "daemon"])
+def test_one_direct_write_to_a_file_opened_for_appending_lands_whole_and_in_order(mounter, bucket, args):
+    # The kernel splits one O_DIRECT write into requests sent at once, each with its own offset.
+    root = mounter.mount(f"s3://{bucket}", args=args).mountpoint
+    path = root / "p/j/direct.bin"
+    path.parent.mkdir(parents=True)
+    start = b"s" * 4096  # O_DIRECT offsets stay aligned, as the staged file's file system needs in passthrough
+    path.write_bytes(start)
+    pieces = 16
+    data = mmap.mmap(-1, pieces << 20)  # page-aligned, as O_DIRECT needs
+    for n in range(pieces):
+        data[n << 20:(n + 1) << 20] = bytes([65 + n]) * (1 << 20)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_DIRECT)
+    try:
+        assert os.write(fd, data) == len(data)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == start + bytes(data)
 
 
 def test_a_failed_copy_up_changes_nothing(mounter, moto_client, ckptfs_bin, moto_env, bucket):
