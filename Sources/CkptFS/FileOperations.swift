@@ -332,10 +332,9 @@ extension FileSystem {
                 guard let overlay, let current = version else { throw FileError(ENOENT) }
                 var file = current
                 if changesContent {
-                    // As a writer would: a version that is uploading right now is left to its upload.
-                    file = namespace.detachedContent(of: ino) != nil
-                        ? overlay.openDetachedForWrite(current, truncate: false)
-                        : try overlayCall { () throws(OverlayError) in try overlay.openForWrite(current) }
+                    // As a writer would: a version that is uploading right now is left to its upload, and
+                    // none is made while the kernel serves the inode from another one (EBUSY).
+                    file = try openForWriting(current, ino: ino, truncate: false, overlay: overlay)
                     try truncate(file, to: Int64(attr.st_size), overlay: overlay)
                 }
                 if changesTimes {

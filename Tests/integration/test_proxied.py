@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from support import Mounter, free_port
+from support import Mounter, free_port, run
 
 BLOCK = 4 << 20
 
@@ -154,3 +154,57 @@ def test_renaming_an_object_over_the_5_gib_copy_limit_fails_with_exdev_and_moves
     assert sorted(os.listdir(root / "p/j/tmp-checkpoint-1")) == ["config.json", "optimizer.pt"]
     keys = {o["Key"] for o in moto_client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert keys == {"p/j/tmp-checkpoint-1/optimizer.pt", "p/j/tmp-checkpoint-1/config.json", "p/j/big.pt"}
+
+
+def hold_uploads_of(key: str):
+    """A request rewrite that holds every PUT of `key` until `released` is set; `started` is set once
+    one arrives. Returns (rewrite, started, released)."""
+    started, released = threading.Event(), threading.Event()
+
+    def rewrite(command, path, headers):
+        if command == "PUT" and path.split("?")[0].endswith("/" + key):
+            started.set()
+            released.wait(60)
+    return rewrite, started, released
+
+
+@pytest.mark.parametrize("args", [[], ["--staging-size", "1G"]], ids=["passthrough", "daemon"])
+def test_truncating_a_file_by_path_while_it_uploads_and_a_reader_holds_it(
+        proxied, moto_client, ckptfs_bin, moto_env, bucket, args):
+    rewrite, started, released = hold_uploads_of("p/j/log.bin")
+    mounter = proxied(request=rewrite)
+    root = mounter.mount(f"s3://{bucket}", args=args).mountpoint
+    path = root / "p/j/log.bin"
+    path.parent.mkdir(parents=True)
+    writer = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    reader = None
+    try:
+        os.write(writer, b"A" * (1 << 20))
+        reader = os.open(path, os.O_RDONLY)  # shares the writer's staged file (its backing file in passthrough)
+        os.close(writer)
+        writer = None
+        assert started.wait(30), "the upload never started"
+        try:
+            os.truncate(path, 10)
+        except OSError as error:
+            # Passthrough serves the inode from the version being uploaded: no new version while it is
+            # open, as for an open for writing.
+            assert args == [] and error.errno == errno.EBUSY
+            assert os.stat(path).st_size == 1 << 20
+            assert os.pread(reader, 8, 100) == b"A" * 8
+            os.close(reader)
+            reader = None
+            os.truncate(path, 10)
+        assert os.stat(path).st_size == 10
+        if reader is not None:
+            assert os.fstat(reader).st_size == 10
+            assert os.pread(reader, 8, 100) == b""
+        assert path.read_bytes() == b"A" * 10  # a new open works, and reads the truncated file
+    finally:
+        released.set()
+        for fd in (writer, reader):
+            if fd is not None:
+                os.close(fd)
+    result = run([ckptfs_bin, "sync", path], env=mounter.env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert moto_client.get_object(Bucket=bucket, Key="p/j/log.bin")["Body"].read() == b"A" * 10
