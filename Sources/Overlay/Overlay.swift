@@ -913,15 +913,19 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             if let id = UInt64(name) { nextID = max(nextID, id + 1) }
         }
         // A staged file whose last put was uploaded is left over from just after its upload, one whose last
-        // put was superseded is an older version of a key queued again: both go. One whose last put was
-        // cancelled was being written again, and is kept.
+        // put was superseded is an older version of a key queued again: both go, if they still hold what
+        // that put closed. One whose last put was cancelled was being written again, and is kept; so is
+        // one written after its upload (a descriptor kept open past a flush, as `exec > log` does).
         var lastPut: [UInt64: UInt64] = [:]
         for (id, put) in puts { lastPut[put.file] = max(lastPut[put.file] ?? 0, id) }
         let finished = done.union(superseded)
-        let uploaded = Set(lastPut.filter { finished.contains($0.value) && !cancelled.contains($0.value) }.map { String($0.key) })
+        var uploaded: [String: (size: Int64, checksum: UInt64?)] = [:]
+        for (file, id) in lastPut where finished.contains(id) && !cancelled.contains(id) {
+            uploaded[String(file)] = (puts[id]!.size, puts[id]!.checksum)
+        }
         for name in PrivateDirectory.names(in: filesDirectory) where !claimed.contains("\(filesDirectory)/\(name)") {
             let path = "\(filesDirectory)/\(name)"
-            if uploaded.contains(name) {
+            if let closed = uploaded[name], Self.holds(path, size: closed.size, checksum: closed.checksum) {
                 Glibc.unlink(path)
                 continue
             }
@@ -932,6 +936,16 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     }
 
     // MARK: Helpers
+
+    /// Whether the file at `path` has `size` bytes and, if known, `checksum`: what a put closed.
+    private static func holds(_ path: String, size: Int64, checksum: UInt64?) -> Bool {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, Int64(info.st_size) == size else { return false }
+        return checksum.map { ContentChecksum.of(fd: fd, size: size) == $0 } ?? true
+    }
 
     /// Records `change` for `key` and makes its ancestor directories visible. Call with the monitor held.
     private func insertLocked(_ key: String, _ change: OverlayChange) {

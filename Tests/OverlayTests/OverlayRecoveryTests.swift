@@ -229,6 +229,24 @@ extension LocalBucketStore {
         #expect(recovered.status().abandoned.count == 1, "the file open for writing is kept")
     }
 
+    @Test func aFileWrittenAfterItsUploadThroughAStillOpenDescriptorIsKeptAtTheCrash() throws {
+        let (staging, configuration) = freshStaging()
+        defer { withExtendedLifetime(staging) {} }
+        let bucket = ScratchDirectory()
+        do {
+            let overlay = try Overlay(store: LocalStore(root: bucket.path), configuration: configuration)
+            defer { overlay.stagingLock.release() }  // its process ends at the crash below
+            let file = try overlay.create("ckpt/train.log")
+            try overlay.flushWriter(file)  // `exec > log`: the shell's dup2 and close flush the empty file
+            #expect(overlay.sync(prefix: "").isEmpty)
+            write(file, "line 1\n")  // through the descriptor still open
+        }
+        let recovered = try Overlay(store: LocalStore(root: bucket.path), configuration: configuration)
+        #expect(recovered.sync(prefix: "").isEmpty)
+        #expect(recovered.status().abandoned.count == 1, "the file written after its upload is kept")
+        #expect(try LocalStore(root: bucket.path).head(key: "ckpt/train.log").size == 0)
+    }
+
     @Test func anUnknownBootIDNeverMatches() throws {
         let (staging, left) = try stagingAfterCrash(boot: "")
         var configuration = left
