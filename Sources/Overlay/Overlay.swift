@@ -868,6 +868,21 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         var unfinished: [ExactString: [UInt64]] = [:]
         for (id, put) in puts where !done.contains(id) { unfinished[ExactString(put.key), default: []].append(id) }
         var superseded = Set<UInt64>()
+        // So is a put whose key a later pending delete removes (the file was deleted while it uploaded, or
+        // before): only the delete runs.
+        var lastDelete: [ExactString: UInt64] = [:]
+        var lastCopyFrom: [ExactString: UInt64] = [:]
+        for (id, kind) in others where !done.contains(id) {
+            switch kind {
+            case .delete(let key): lastDelete[ExactString(key)] = max(lastDelete[ExactString(key)] ?? 0, id)
+            case .copy(let source, _): lastCopyFrom[ExactString(source)] = max(lastCopyFrom[ExactString(source)] ?? 0, id)
+            case .put: break
+            }
+        }
+        for (id, put) in puts where !done.contains(id) {
+            let key = ExactString(put.key)
+            if let delete = lastDelete[key], delete > id, (lastCopyFrom[key] ?? 0) < id { superseded.insert(id) }
+        }
         for id in unfinished.values.flatMap({ $0.sorted(by: >) }) {
             let put = puts[id]!
             if superseded.contains(id) { continue }
@@ -896,7 +911,6 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             file.charged = put.size
             charged += put.size
             staged[ExactString(put.key)] = file
-            insertLocked(put.key, .present(.staged(key: put.key)))
             operations.append((id, Operation(id: id, kind: .put(file, key: put.key, size: put.size))))
             rewritten.append(.put(id: id, file: put.file, size: put.size, checksum: checksum, key: put.key))
         }
@@ -909,6 +923,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             }
         }
         pending = operations.sorted { $0.0 < $1.0 }.map(\.1)
+        for operation in pending { showLocked(operation) }
         for name in PrivateDirectory.names(in: filesDirectory) {
             if let id = UInt64(name) { nextID = max(nextID, id + 1) }
         }
@@ -936,6 +951,21 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     }
 
     // MARK: Helpers
+
+    /// Shows in the tree what a queued operation recovered from the journal will do, as the call that
+    /// queued it did (in queue order): the staged file of a put, nothing at a deleted key, and at a copy's
+    /// destination its source (read from the store until the copy has run).
+    private func showLocked(_ operation: Operation) {
+        switch operation.kind {
+        case .put(_, let key, _):
+            insertLocked(key, .present(.staged(key: key)))
+        case .delete(let key):
+            let (parent, name) = Self.split(key.hasSuffix("/") ? String(key.dropLast()) : key)
+            tree[parent, default: [:]][name] = .removed
+        case .copy(let source, let destination):
+            if let info = try? store.head(key: source) { insertLocked(destination, .present(.file(info))) }
+        }
+    }
 
     /// Whether the file at `path` has `size` bytes and, if known, `checksum`: what a put closed.
     private static func holds(_ path: String, size: Int64, checksum: UInt64?) -> Bool {

@@ -317,6 +317,69 @@ extension LocalBucketStore {
         _ = staging
     }
 
+    /// A local bucket whose deletes and copies fail (the server refuses them for now), so they stay queued.
+    final class StuckChangesStore: LocalBucketStore {
+        let bucket: LocalStore
+        init(root: String) { bucket = LocalStore(root: root) }
+        func delete(key: String) throws(StoreError) { throw .transport(operation: "DeleteObject", detail: "down") }
+        func copy(from source: String, to destination: String) throws(StoreError) -> String {
+            throw .transport(operation: "CopyObject", detail: "down")
+        }
+    }
+
+    @Test func deletesAndRenamesStillQueuedAtACrashShowAfterIt() throws {
+        let (staging, configuration) = freshStaging()
+        defer { withExtendedLifetime(staging) {} }
+        let bucket = ScratchDirectory()
+        let store = StuckChangesStore(root: bucket.path)
+        for key in ["ckpt/deleted.bin", "ckpt/moved.bin"] {
+            let fd = open(bucket.path + "/payload", O_RDWR | O_CREAT, 0o600)
+            _ = "uploaded".withCString { Glibc.write(fd, $0, strlen($0)) }
+            _ = try store.bucket.put(key: key, fd: fd, size: 8, options: UploadOptions())
+            close(fd)
+            unlink(bucket.path + "/payload")
+        }
+        do {
+            let overlay = try Overlay(store: store, configuration: configuration)
+            defer { overlay.stagingLock.release() }  // its process ends at the crash below
+            try overlay.unlink("ckpt/deleted.bin", existsRemotely: true)
+            try overlay.rename("ckpt/moved.bin", to: "ckpt/renamed.bin", sourceInStore: true)
+        }
+        let recovered = try Overlay(store: store, configuration: configuration)
+        #expect(recovered.change(in: "ckpt/", name: "deleted.bin") == .removed)
+        #expect(recovered.change(in: "ckpt/", name: "moved.bin") == .removed)
+        guard case .present(.file(let info)) = recovered.change(in: "ckpt/", name: "renamed.bin") else {
+            Issue.record("the renamed file is not shown: \(String(describing: recovered.change(in: "ckpt/", name: "renamed.bin")))")
+            return
+        }
+        #expect(info.key == "ckpt/moved.bin" && info.size == 8, "read from its source until the copy has run")
+    }
+
+    @Test func aFileDeletedWhileItUploadedIsNotUploadedAgainAfterACrash() throws {
+        let (staging, configuration) = freshStaging()
+        let bucket = ScratchDirectory()
+        let gated = GatedStore()
+        do {
+            let overlay = try Overlay(store: gated, configuration: { var c = configuration; c.uploadThreads = 1; return c }())
+            defer { overlay.stagingLock.release() }  // its process ends at the crash below
+            let file = try overlay.create("ckpt/scratch.bin")
+            write(file, "scratch")
+            try overlay.releaseWriter(file)
+            gated.started.wait()  // its upload runs...
+            try overlay.unlink("ckpt/scratch.bin", existsRemotely: false)
+        }  // ...and never finishes: the daemon dies here
+        let store = RecordingStore(root: bucket.path)
+        let recovered = try Overlay(store: store, configuration: configuration)
+        #expect(recovered.change(in: "ckpt/", name: "scratch.bin") == .removed)
+        #expect(recovered.sync(prefix: "").isEmpty)
+        #expect(store.puts.withLock { $0 }.isEmpty, "the deleted file was uploaded again")
+        #expect((try? LocalStore(root: bucket.path).head(key: "ckpt/scratch.bin")) == nil)
+        #expect(recovered.status().abandoned.isEmpty)
+        #expect(rmdir(configuration.directory + "/files") == 0, "its staged file is left")
+        gated.proceed.signal()  // lets the dead daemon's upload thread end
+        _ = staging
+    }
+
     @Test func renamingAQueuedFileUploadsItUnderTheNewNameOnly() throws {
         let staging = ScratchDirectory()
         let bucket = ScratchDirectory()
