@@ -370,7 +370,12 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         let reason = monitor.withLock { () -> Reason? in
             if let reason = refusal() { return reason }
             written.insert(ExactString(file.key))
-            if let old = staged[ExactString(file.key)] { discardLocked(old) }
+            if let old = staged[ExactString(file.key)] {
+                // If this record is lost, a crash uploads the old version again: the key's content before
+                // this open, as a crash before it would have left it.
+                try? journal.append(discardRecordsLocked(old))
+                discardLocked(old)
+            }
             staged[ExactString(file.key)] = file
             insertLocked(file.key, .present(.staged(key: file.key)))
             return nil
@@ -568,7 +573,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             nextID += 1
             let exact = ExactString(key)
             let inStore = existsRemotely || uploadedKeys.contains(exact) || running.values.contains { $0.keys.contains(exact) }
-            try journal.append([.forgot(key)] + (inStore ? [.delete(id: id, key: key)] : []))
+            // In an order whose every prefix a crash may leave is safe: the delete first (it supersedes a
+            // put of the key queued before it), the ownership last.
+            try journal.append((inStore ? [.delete(id: id, key: key)] : []) + discardRecordsLocked(staged[exact]) + [.forgot(key)])
             written.remove(exact)
             if let file = staged.removeValue(forKey: exact) { discardLocked(file) }
             let (parent, name) = Self.split(key)
@@ -605,15 +612,19 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         let reupload = queued != nil || file.upload.map { running[$0] != nil } == true
         let (putID, deleteID) = (nextID, nextID + 1)
         nextID += 2
-        var records: [Journal.Record] = [.written(destination), .forgot(source)]
-        if let queued { records.append(.done(queued)) }
-        // A running upload of the old name is not redone after a crash: the put below replaces it (and the
-        // delete, the object it may leave under the old name).
-        if let upload = file.upload, queued == nil, running[upload] != nil { records.append(.done(upload)) }
+        // Every prefix of these records a crash may leave is safe: the new put and the delete come before
+        // the `done`s of the puts they replace, and the ownership of the old name goes last.
+        var records: [Journal.Record] = [.written(destination)]
         if reupload {
             records.append(.put(id: putID, file: file.id, size: file.closed.size, checksum: file.closed.checksum, key: destination))
         }
         if deleteSource { records.append(.delete(id: deleteID, key: source)) }
+        if let queued { records.append(.done(queued)) }
+        // A running upload of the old name is not redone after a crash: the put above replaces it (and the
+        // delete, the object it may leave under the old name).
+        if let upload = file.upload, queued == nil, running[upload] != nil { records.append(.done(upload)) }
+        if let old = staged[ExactString(destination)] { records += discardRecordsLocked(old) }
+        records.append(.forgot(source))
         try journal.append(records)
         written.remove(ExactString(source))
         written.insert(ExactString(destination))
@@ -638,10 +649,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private func renameStoredLocked(_ source: String, to destination: String, sourceInfo: ObjectInfo?) throws(OverlayError) {
         let (copyID, deleteID) = (nextID, nextID + 1)
         nextID += 2
-        try journal.append([
-            .written(destination), .forgot(source),
-            .copy(id: copyID, source: source, destination: destination), .delete(id: deleteID, key: source),
-        ])
+        try journal.append(
+            [.written(destination), .copy(id: copyID, source: source, destination: destination), .delete(id: deleteID, key: source)]
+                + discardRecordsLocked(staged[ExactString(destination)]) + [.forgot(source)])
         written.insert(ExactString(destination))
         written.remove(ExactString(source))
         if let old = staged.removeValue(forKey: ExactString(destination)) { discardLocked(old) }
@@ -1010,11 +1020,18 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         return (ExactString(parent), ExactString(name))
     }
 
-    /// Drops a staged version (its queued upload too). Call with the monitor held.
+    /// The record that drops `file`'s queued upload, if it has one, for the caller to journal with the
+    /// change that drops the file. Call with the monitor held.
+    private func discardRecordsLocked(_ file: StagedFile?) -> [Journal.Record] {
+        guard let upload = file?.upload, pending.contains(where: { $0.id == upload }) else { return [] }
+        return [.done(upload)]
+    }
+
+    /// Drops a staged version, and its queued upload (whose `discardRecordsLocked` the caller journaled).
+    /// Call with the monitor held.
     private func discardLocked(_ file: StagedFile) {
         if let upload = file.upload, let index = pending.firstIndex(where: { $0.id == upload }) {
             pending.remove(at: index)
-            try? journal.append([.done(upload)])
         }
         if file.upload == nil || running[file.upload!] == nil { Glibc.unlink(file.path) }
         file.upload = nil

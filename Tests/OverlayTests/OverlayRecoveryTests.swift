@@ -380,6 +380,78 @@ extension LocalBucketStore {
         _ = staging
     }
 
+    /// What an overlay recovering from `records` (a crash's journal, with staged file `files/FILE` holding
+    /// `content`) leaves in a new bucket once its queue has run: every key's content.
+    private func bucketAfterRecovering(_ records: [Journal.Record], file: UInt64, content: String) throws -> [String: String] {
+        let staging = ScratchDirectory()
+        let directory = staging.path + "/remote"
+        try Overlay.makePrivateDirectory(directory)
+        try Overlay.makePrivateDirectory(directory + "/files")
+        let fd = open(directory + "/files/\(file)", O_WRONLY | O_CREAT, 0o600)
+        _ = content.withCString { Glibc.write(fd, $0, strlen($0)) }
+        close(fd)
+        try Journal(path: directory + "/journal").append(records)
+        let bucket = ScratchDirectory()
+        let recovered = try Overlay(store: LocalStore(root: bucket.path), configuration: .init(directory: directory, rootPrefix: ""))
+        #expect(recovered.sync(prefix: "").isEmpty)
+        recovered.stagingLock.release()
+        var found: [String: String] = [:]
+        let store = LocalStore(root: bucket.path)
+        for object in try store.listAll(prefix: "", delimiter: nil).objects {
+            var bytes: [UInt8] = []
+            try store.get(key: object.key, range: 0..<object.size, etag: nil) { bytes += $0 }
+            found[object.key] = String(decoding: bytes, as: UTF8.self)
+        }
+        return found
+    }
+
+    @Test func everyPrefixOfARenameOfAQueuedFileThatACrashMayLeaveKeepsItsContent() throws {
+        let (staging, configuration) = freshStaging()
+        defer { withExtendedLifetime(staging) {} }
+        let journal = configuration.directory + "/journal"
+        let overlay = try Overlay(store: UnreachableStore(), configuration: configuration)
+        defer { overlay.stagingLock.release() }
+        let file = try overlay.create("tmp-checkpoint-1/model.bin")
+        write(file, "weights")
+        try overlay.releaseWriter(file)
+        overlay.waitForChecksums()
+        let before = Journal.read(journal).count
+        try overlay.rename("tmp-checkpoint-1/model.bin", to: "checkpoint-1/model.bin", sourceInStore: false)
+        let records = Journal.read(journal)
+        #expect(records.count > before + 1)
+        for kept in before...records.count {
+            let bucket = try bucketAfterRecovering(Array(records[..<kept]), file: file.id, content: "weights")
+            #expect(bucket.values.contains("weights"), "a crash after \(kept - before) of the rename's records lost the file: \(bucket)")
+            if kept == records.count { #expect(bucket == ["checkpoint-1/model.bin": "weights"]) }
+        }
+    }
+
+    @Test func everyPrefixOfAnUnlinkOfAFileWhoseUploadRunsThatACrashMayLeaveIsSafe() throws {
+        let (staging, configuration) = freshStaging()
+        defer { withExtendedLifetime(staging) {} }
+        let journal = configuration.directory + "/journal"
+        let gated = GatedStore()
+        let overlay = try Overlay(store: gated, configuration: { var c = configuration; c.uploadThreads = 1; return c }())
+        defer { overlay.stagingLock.release() }
+        let file = try overlay.create("ckpt/scratch.bin")
+        write(file, "scratch")
+        try overlay.releaseWriter(file)
+        overlay.waitForChecksums()
+        gated.started.wait()  // its upload runs, and never finishes before the crash
+        let before = Journal.read(journal).count
+        try overlay.unlink("ckpt/scratch.bin", existsRemotely: false)
+        let records = Journal.read(journal)
+        for kept in before...records.count {
+            let prefix = Array(records[..<kept])
+            let bucket = try bucketAfterRecovering(prefix, file: file.id, content: "scratch")
+            // Either the unlink did not happen (the file is uploaded, and still this mount's to delete), or it did.
+            let owned = prefix.filter { $0 == .written("ckpt/scratch.bin") }.count > prefix.filter { $0 == .forgot("ckpt/scratch.bin") }.count
+            #expect(bucket.isEmpty || (bucket == ["ckpt/scratch.bin": "scratch"] && owned), "after \(kept - before) records: \(bucket)")
+            if kept == records.count { #expect(bucket.isEmpty) }
+        }
+        gated.proceed.signal()
+    }
+
     @Test func renamingAQueuedFileUploadsItUnderTheNewNameOnly() throws {
         let staging = ScratchDirectory()
         let bucket = ScratchDirectory()
