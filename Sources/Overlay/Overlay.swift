@@ -804,7 +804,23 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 }
                 monitor.withLock { _ = uploadedKeys.remove(ExactString(key)) }
             case .copy(let source, let destination):
-                let etag = try store.copy(from: source, to: destination)
+                let etag: String
+                do throws(StoreError) {
+                    etag = try store.copy(from: source, to: destination)
+                } catch {
+                    // Its source was deleted by another client (before a crash's replay, say): there is
+                    // nothing to rename any more, and the operations after it on the destination go on.
+                    guard case .notFound = error else { throw error }
+                    logger.error("the object a rename copies is gone from the bucket; the renamed file is lost", metadata: ["source": "\(source)", "destination": "\(destination)"])
+                    monitor.withLock {
+                        if case .present(.file(let old)) = changeLocked(destination), ExactString(old.key) == ExactString(source) {
+                            let (parent, name) = Self.split(destination)
+                            tree[parent]?.removeValue(forKey: name)
+                        }
+                    }
+                    try? journal.append([.done(operation.id)])
+                    return nil
+                }
                 // Until now the destination was read from the source object; from here on from the copy.
                 monitor.withLock {
                     uploadedKeys.insert(ExactString(destination))

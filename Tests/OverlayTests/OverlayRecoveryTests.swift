@@ -355,6 +355,32 @@ extension LocalBucketStore {
         #expect(info.key == "ckpt/moved.bin" && info.size == 8, "read from its source until the copy has run")
     }
 
+    @Test func aRenameWhoseSourceWasDeletedElsewhereBeforeItsReplayHoldsUpNothing() throws {
+        let (staging, configuration) = freshStaging()
+        defer { withExtendedLifetime(staging) {} }
+        let bucket = ScratchDirectory()
+        let stuck = StuckChangesStore(root: bucket.path)
+        let fd = open(bucket.path + "/payload", O_RDWR | O_CREAT, 0o600)
+        _ = "uploaded".withCString { Glibc.write(fd, $0, strlen($0)) }
+        _ = try stuck.bucket.put(key: "ckpt/a.bin", fd: fd, size: 8, options: UploadOptions())
+        close(fd)
+        unlink(bucket.path + "/payload")
+        do {
+            let overlay = try Overlay(store: stuck, configuration: configuration)
+            defer { overlay.stagingLock.release() }  // its process ends at the crash below
+            try overlay.rename("ckpt/a.bin", to: "ckpt/b.bin", sourceInStore: true)
+        }
+        try stuck.bucket.delete(key: "ckpt/a.bin")  // by another client, before the next mount
+        let recovered = try Overlay(store: LocalStore(root: bucket.path), configuration: configuration)
+        #expect(recovered.sync(prefix: "").isEmpty)
+        #expect(recovered.change(in: "ckpt/", name: "b.bin") == nil)
+        let file = try recovered.create("ckpt/b.bin")
+        write(file, "new")
+        try recovered.releaseWriter(file)
+        #expect(recovered.sync(prefix: "").isEmpty)
+        #expect(try LocalStore(root: bucket.path).head(key: "ckpt/b.bin").size == 3)
+    }
+
     @Test func aFileDeletedWhileItUploadedIsNotUploadedAgainAfterACrash() throws {
         let (staging, configuration) = freshStaging()
         let bucket = ScratchDirectory()
