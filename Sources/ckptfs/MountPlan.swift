@@ -198,7 +198,10 @@ struct MountPlan {
     ) throws(StoreError) -> any ObjectStore {
         switch location {
         case .local(let root):
-            return LocalStore(root: root)
+            // One directory, one identity (and staging directory), however its path is spelled.
+            guard let resolved = realpath(root, nil) else { return LocalStore(root: root) }
+            defer { free(resolved) }
+            return LocalStore(root: String(cString: resolved))
         case .s3(let bucket, _):
             let endpoint = command.endpoint ?? environment["AWS_ENDPOINT_URL"].flatMap { $0.isEmpty ? nil : $0 }
             let region = command.region ?? environment["AWS_REGION"] ?? environment["AWS_DEFAULT_REGION"] ?? "us-east-1"

@@ -78,6 +78,16 @@ def test_a_staging_dir_in_use_by_another_mount_of_the_remote_is_refused_and_left
     assert journal.stat().st_ino == inode, "the refused mount replaced the running mount's journal"
 
 
+def test_a_local_remote_spelled_another_way_shares_its_staging_dir(mounter, tmp_path):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    first = mounter.mount(f"file://{remote}")
+    staging = first.cache_dir / "staging"
+    spelled = f"file://{tmp_path}//./remote/"  # the same directory
+    expect_mount_error(mounter, spelled, ("in use by another ckptfs mount",), args=["--staging-dir", staging])
+    assert len(list(staging.glob("*/journal"))) == 1
+
+
 @pytest.mark.parametrize("where", ["cache-dir", "staging-dir", "log-file", "cache-dir-through-a-link"])
 def test_a_path_inside_the_mountpoint_is_refused_and_nothing_is_created(mounter, dataset, tmp_path, where):
     mnt = mounter.fresh_dir("mnt")
