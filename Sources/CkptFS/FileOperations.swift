@@ -46,7 +46,9 @@ extension FileSystem {
                 case .daemon:
                     let object = registry.acquire(info)
                     let window = ReadAheadWindow(initial: settings.initialReadAhead, maximum: settings.maximumReadAhead)
-                    if settings.directReads && features.has(.directIOMmap) {
+                    // A file this mount wrote may get a newer version while this handle is open.
+                    let rewritten = overlay?.wrote(info.key) == true
+                    if features.has(.directIOMmap) && (settings.directReads || rewritten) {
                         // Streams straight into the reader's buffer: no page-cache pages to allocate and
                         // fill, and no second copy by the reader; mmap still goes through the page cache.
                         fi.pointee.direct_io = 1
@@ -54,7 +56,7 @@ extension FileSystem {
                         let previous = openedETags.withLock { $0.updateValue(info.etag, forKey: ino) }
                         fi.pointee.keep_cache = previous == info.etag ? 1 : 0
                     }
-                    reply(req, fi, Handle(.remote(FileHandle(object: object, window: window)), ino: ino, backing: 0))
+                    reply(req, fi, Handle(.remote(FileHandle(object: object, window: window, rewritten: rewritten)), ino: ino, backing: 0))
                 }
                 return
             case .directory: throw FileError(EISDIR)
@@ -63,7 +65,11 @@ extension FileSystem {
             var backing: Int32 = 0
             if case .kernel(let id, _) = passthrough.begin(ino, staged: staged.file, starts: writing) { backing = id }
             fi.pointee.keep_cache = 0
-            fi.pointee.direct_io = Self.bypassesPageCache(flags) ? 1 : 0
+            // A reader served by the daemon keeps reading this version when a writer makes a newer one:
+            // its bytes must not go into the page cache, which is the inode's, where descriptors of the
+            // newer version (and a shared mmap's write-back) would find them.
+            let reader = !writing && backing == 0 && features.has(.directIOMmap)
+            fi.pointee.direct_io = Self.bypassesPageCache(flags) || reader ? 1 : 0
             reply(req, fi, Handle(.staged(staged), ino: ino, backing: backing))
         } catch {
             fuse_reply_err(req, error.code)
@@ -131,8 +137,10 @@ extension FileSystem {
             switch handle.content {
             case .remote(let remote):
                 let object = remote.object
-                // Past the end of the version opened: a writer of this mount may have made a longer one since.
-                if offset + Int64(size) > object.size, overlay?.wrote(object.key) == true,
+                // As on a local file system, a descriptor reads what writers of this mount wrote to its file
+                // since it opened it. Past the end of the version opened, a writer may have made a longer one
+                // since of a file this mount had not written yet.
+                if remote.rewritten || offset + Int64(size) > object.size && overlay?.wrote(object.key) == true,
                     let newer = successor(of: handle.ino, replacing: object) {
                     return replyRead(req, from: newer, size: size, offset: offset, through: base)
                 }
@@ -148,12 +156,10 @@ extension FileSystem {
                     replyFailedRead(req, object.key, error)
                 }
             case .staged(let staged):
-                let count = pread(staged.file.file.fd, base, size, off_t(offset))
-                if count >= 0 && count < size,
-                    let newer = successor(of: handle.ino, replacing: staged.file, readingTo: offset + Int64(count)) {
+                if let newer = successor(of: handle.ino, replacing: staged.file) {
                     return replyRead(req, from: newer, size: size, offset: offset, through: base)
                 }
-                if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, base, count) }
+                replyRead(req, from: staged.file.file, size: size, offset: offset, through: base)
             case .cached(let pinned):
                 // The kernel reads the data file itself; a READ still sent is served from it the same way.
                 replyRead(req, from: pinned.file, size: size, offset: offset, through: base)
@@ -215,14 +221,16 @@ extension FileSystem {
         }
     }
 
-    /// What inode `ino` holds now in place of `file`, the staged version a read reached the end of at
-    /// `end` (nil: `file` still, or nothing longer): the newer version a writer made while `file` was
-    /// uploading, or the upload of a later one. Reading on from it keeps the kernel from taking the short
-    /// read for the file's size, which would put the next `O_APPEND` write over the last one.
-    private func successor(of ino: UInt64, replacing file: StagedFile, readingTo end: Int64) -> Successor? {
+    /// What inode `ino` holds now in place of `file`, the staged version a handle opened (nil: `file`
+    /// still, or its upload; or nothing, for the descriptor of a removed name, which keeps its file): the
+    /// newer version a writer made since, staged or uploaded. Reading it rather than `file` keeps the
+    /// kernel's view of the file whole: a short read past `file`'s end would be taken for the size (and
+    /// the next `O_APPEND` write put over the last one), and bytes of `file` in the page cache, which is
+    /// the inode's, would be read by descriptors of the newer version.
+    private func successor(of ino: UInt64, replacing file: StagedFile) -> Successor? {
         switch try? kindAndVersion(of: ino) {
         case (.staged, let newer?)? where newer !== file: return .staged(newer)
-        case (.file(let info), _)? where info.size > end: return .object(info)
+        case (.file(let info), _)? where overlay?.isUpload(info, of: file) != true: return .object(info)
         default: return nil
         }
     }

@@ -24,14 +24,17 @@ final class Handle: Sendable {
     }
 }
 
-/// State of one open remote file: the shared object reader and this handle's read-ahead window.
+/// State of one open remote file: the shared object reader, this handle's read-ahead window, and whether
+/// this mount writes the file (then each read looks for a newer version first).
 final class FileHandle: Sendable {
     let object: CachedObject
     let window: Mutex<ReadAheadWindow>
+    let rewritten: Bool
 
-    init(object: CachedObject, window: ReadAheadWindow) {
+    init(object: CachedObject, window: ReadAheadWindow, rewritten: Bool) {
         self.object = object
         self.window = Mutex(window)
+        self.rewritten = rewritten
     }
 }
 

@@ -837,6 +837,11 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
     }
 
+    /// Whether `info` is the object an upload of `file` made (the same bytes).
+    public func isUpload(_ info: ObjectInfo, of file: StagedFile) -> Bool {
+        monitor.withLock { file.uploadedETag == info.etag }
+    }
+
     /// After a successful upload: journal it, and unless the file changed meanwhile, serve it from the store.
     private func finishUpload(_ file: StagedFile, id: UInt64, info: ObjectInfo) {
         try? journal.append([.done(id)])
@@ -852,6 +857,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 return
             }
             file.upload = nil
+            if file.queuedChanges == file.changes.load(ordering: .acquiring) { file.uploadedETag = info.etag }
             guard file.writers == 0, staged[ExactString(file.key)] === file else { return }
             staged.removeValue(forKey: ExactString(file.key))
             insertLocked(file.key, .present(.file(info)))

@@ -18,6 +18,9 @@ public final class StagedFile: FileContent, @unchecked Sendable {
     public internal(set) var modified: Int64
     /// The queued or running upload of this version, if any.
     var upload: UInt64?
+    /// The ETag of the object its last upload made, if the content has not changed since it was queued:
+    /// that object holds these bytes.
+    var uploadedETag: String?
     /// Size and `ContentChecksum` of the content as last closed (what its queued upload sends); the
     /// checksum is nil until it is computed, after the close.
     var closed: (size: Int64, checksum: UInt64?) = (0, nil)

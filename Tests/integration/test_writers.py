@@ -149,6 +149,38 @@ def test_one_direct_write_to_a_file_opened_for_appending_lands_whole_and_in_orde
     assert path.read_bytes() == start + bytes(data)
 
 
+@pytest.mark.parametrize("args", [[], ["--staging-size", "1G"]], ids=["passthrough", "daemon"])
+def test_a_descriptor_of_an_older_version_leaves_the_current_ones_their_bytes(
+        mounter, moto_client, ckptfs_bin, moto_env, bucket, args):
+    # The kernel's page cache is the inode's: what a descriptor still reading the version it opened gets
+    # must not end up in it, where descriptors of the current version (and a shared mmap's write-back) find it.
+    root = mounter.mount(f"s3://{bucket}", args=args).mountpoint
+    path = root / "p/j/state.bin"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"A" * 8192)
+    old = os.open(path, os.O_RDONLY)
+    try:
+        sync(ckptfs_bin, moto_env, path)
+        with open(path, "r+b") as rewrite:  # the same file rewritten in place: a new version
+            rewrite.truncate(0)
+            rewrite.write(b"B" * 8192)
+        current = os.open(path, os.O_RDWR)
+        try:
+            assert os.pread(old, 4096, 4096) == b"B" * 4096  # as on a local file system: the file's bytes now
+            assert os.pread(current, 16, 4096) == b"B" * 16
+            with mmap.mmap(current, 8192) as mapped:
+                mapped[4096:4097] = b"X"
+                mapped.flush()
+        finally:
+            os.close(current)
+    finally:
+        os.close(old)
+    expected = b"B" * 4096 + b"X" + b"B" * 4095
+    assert path.read_bytes() == expected
+    sync(ckptfs_bin, moto_env, path)
+    assert body(moto_client, bucket, "p/j/state.bin") == expected
+
+
 def test_a_failed_copy_up_changes_nothing(mounter, moto_client, ckptfs_bin, moto_env, bucket):
     data = os.urandom(3 << 20)
     moto_client.put_object(Bucket=bucket, Key="p/j/model.bin", Body=data)
