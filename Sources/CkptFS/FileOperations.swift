@@ -189,10 +189,11 @@ extension FileSystem {
         }
     }
 
-    /// Answers READ with the errno of `error`, a failed read of `key`, and logs it.
+    /// Answers READ with the errno of `error`, a failed read of `key`, and logs it: `ESTALE` when the
+    /// version the handle reads is no longer in the bucket (replaced or deleted).
     private func replyFailedRead(_ req: fuse_req_t?, _ key: String, _ error: StoreError) {
         logger.warning("read failed", metadata: ["key": "\(key)", "error": "\(error)"])
-        fuse_reply_err(req, FileSystem.errno(error))
+        fuse_reply_err(req, error.isGone ? ESTALE : FileSystem.errno(error))
     }
 
     /// The version of a file a read goes on with when the one its handle opened is no longer the file's.

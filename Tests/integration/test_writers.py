@@ -181,6 +181,32 @@ def test_a_descriptor_of_an_older_version_leaves_the_current_ones_their_bytes(
     assert body(moto_client, bucket, "p/j/state.bin") == expected
 
 
+@pytest.mark.parametrize("how", ["unlink", "replace"])
+def test_a_descriptor_of_an_uploaded_file_removed_through_the_mount_reads_what_was_cached(
+        mounter, ckptfs_bin, moto_env, bucket, how):
+    # The bytes are in the bucket only: once the object is gone, the blocks not cached cannot be read.
+    root = mounter.mount(f"s3://{bucket}").mountpoint
+    path = root / "p/j/model.bin"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"A" * (16 << 20))
+    sync(ckptfs_bin, moto_env, path)
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(reader, 4, 0) == b"AAAA"
+        if how == "unlink":
+            path.unlink()
+        else:
+            (root / "p/j/tmp").write_bytes(b"B" * 100)
+            os.replace(root / "p/j/tmp", path)
+        sync(ckptfs_bin, moto_env, root / "p/j")
+        assert os.pread(reader, 4, 0) == b"AAAA"  # its block was cached
+        with pytest.raises(OSError) as failure:
+            os.pread(reader, 4, 12 << 20)
+        assert failure.value.errno == errno.ESTALE
+    finally:
+        os.close(reader)
+
+
 def test_a_failed_copy_up_changes_nothing(mounter, moto_client, ckptfs_bin, moto_env, bucket):
     data = os.urandom(3 << 20)
     moto_client.put_object(Bucket=bucket, Key="p/j/model.bin", Body=data)
