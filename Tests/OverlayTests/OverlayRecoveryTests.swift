@@ -289,19 +289,31 @@ extension LocalBucketStore {
         }
     }
 
+    /// Runs `change` on an overlay whose only upload thread is uploading `key` (written with `content`),
+    /// an upload that never finishes: the daemon dies right after `change`. Returns the store, whose
+    /// `proceed` lets the dead daemon's upload thread end.
+    private func crashWhileUploading(
+        _ key: String, _ content: String, _ configuration: Overlay.Configuration, then change: (Overlay) throws -> Void
+    ) throws -> GatedStore {
+        let gated = GatedStore()
+        var single = configuration
+        single.uploadThreads = 1
+        let overlay = try Overlay(store: gated, configuration: single)
+        defer { overlay.stagingLock.release() }  // its process ends at the crash
+        let file = try overlay.create(key)
+        write(file, content)
+        try overlay.releaseWriter(file)
+        gated.started.wait()
+        try change(overlay)
+        return gated
+    }
+
     @Test func aFileRenamedWhileItUploadsIsUploadedUnderTheNewNameOnlyAfterACrash() throws {
         let (staging, configuration) = freshStaging()
         let bucket = ScratchDirectory()
-        let gated = GatedStore()
-        do {
-            let overlay = try Overlay(store: gated, configuration: { var c = configuration; c.uploadThreads = 1; return c }())
-            defer { overlay.stagingLock.release() }  // its process ends at the crash below
-            let file = try overlay.create("tmp-checkpoint-1/model.bin")
-            write(file, "weights")
-            try overlay.releaseWriter(file)
-            gated.started.wait()  // the upload under the old name runs...
+        let gated = try crashWhileUploading("tmp-checkpoint-1/model.bin", "weights", configuration) { overlay in
             try overlay.rename("tmp-checkpoint-1/model.bin", to: "checkpoint-1/model.bin", sourceInStore: false)
-        }  // ...and never finishes: the daemon dies here
+        }
         let store = RecordingStore(root: bucket.path)
         let recovered = try Overlay(store: store, configuration: configuration)
         #expect(recovered.sync(prefix: "").isEmpty)
@@ -384,16 +396,9 @@ extension LocalBucketStore {
     @Test func aFileDeletedWhileItUploadedIsNotUploadedAgainAfterACrash() throws {
         let (staging, configuration) = freshStaging()
         let bucket = ScratchDirectory()
-        let gated = GatedStore()
-        do {
-            let overlay = try Overlay(store: gated, configuration: { var c = configuration; c.uploadThreads = 1; return c }())
-            defer { overlay.stagingLock.release() }  // its process ends at the crash below
-            let file = try overlay.create("ckpt/scratch.bin")
-            write(file, "scratch")
-            try overlay.releaseWriter(file)
-            gated.started.wait()  // its upload runs...
+        let gated = try crashWhileUploading("ckpt/scratch.bin", "scratch", configuration) { overlay in
             try overlay.unlink("ckpt/scratch.bin", existsRemotely: false)
-        }  // ...and never finishes: the daemon dies here
+        }
         let store = RecordingStore(root: bucket.path)
         let recovered = try Overlay(store: store, configuration: configuration)
         #expect(recovered.change(in: "ckpt/", name: "scratch.bin") == .removed)
