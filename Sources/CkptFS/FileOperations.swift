@@ -34,7 +34,13 @@ extension FileSystem {
                     settings.allowOverwrite || !settings.directReads || overlay?.wrote(info.key) == true
                         ? nil : registry.pinCached(info, id: id)
                 }
-                switch passthrough.beginStored(ino, object: id, pin: pin) {
+                var mode = passthrough.beginStored(ino, object: id, pin: pin)
+                // Another version's last handle in passthrough may have just been closed: its RELEASE
+                // reaches the daemon right after the close returns.
+                if case .busy = mode, passthrough.waitForNoBacking(ino, seconds: Self.releaseWait) {
+                    mode = passthrough.beginStored(ino, object: id, pin: pin)
+                }
+                switch mode {
                 case .staged(let backing, let file):
                     // Uploaded meanwhile, but still open in passthrough: this open joins the staged file.
                     reply(req, fi, Handle(.staged(StagedHandle(file: file, writable: false)), ino: ino, backing: backing))

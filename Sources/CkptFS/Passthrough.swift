@@ -97,16 +97,23 @@ final class Passthrough: Sendable {
     /// Waits up to `seconds` until inode `ino` has no staged backing file, and returns the ones left. A handle
     /// the kernel has just closed still holds its backing here until its RELEASE arrives, right after.
     func waitForRelease(_ ino: UInt64, seconds: Double) -> [StagedFile] {
+        waitForRelease(ino, seconds: seconds) { backingFiles(ino).isEmpty }
+        return backingFiles(ino)
+    }
+
+    /// Waits up to `seconds` until inode `ino` has no backing file at all (staged or cached); false if it
+    /// still has one.
+    func waitForNoBacking(_ ino: UInt64, seconds: Double) -> Bool {
+        waitForRelease(ino, seconds: seconds) { opens.withLock { $0.backed[ino] == nil } }
+        return opens.withLock { $0.backed[ino] == nil }
+    }
+
+    /// Waits until `done` holds, checked again after each release of a backing file, for at most `seconds`.
+    private func waitForRelease(_ ino: UInt64, seconds: Double, until done: () -> Bool) {
         let deadline = Monitor.deadline(after: seconds)
         released.lock()
         defer { released.unlock() }
-        var held = backingFiles(ino)
-        while !held.isEmpty {
-            let signalled = released.wait(until: deadline)
-            held = backingFiles(ino)
-            if !signalled { break }
-        }
-        return held
+        while !done() && released.wait(until: deadline) {}
     }
 
     /// Decides how a new open of inode `ino`'s staged file `staged` is served. Only a writer (`starts`)
