@@ -107,6 +107,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private var written: Set<ExactString> = []
     /// Keys this daemon has put into the store (listings may not show them yet).
     private var uploadedKeys: Set<ExactString> = []
+    /// Destinations of renamed objects shown with their source's object, by the copy that will make
+    /// theirs: when it has run, they are shown with it.
+    private var copiedTo: [ExactString: UInt64] = [:]
     /// Every directory prefix above a key this daemon has put or copied into the store (a file:// store has
     /// made those directories), for as long as it runs.
     private var directoriesWritten: Set<ExactString> = []
@@ -373,7 +376,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             if let old = staged[ExactString(file.key)] {
                 // If this record is lost, a crash uploads the old version again: the key's content before
                 // this open, as a crash before it would have left it.
-                try? journal.append(discardRecordsLocked(old))
+                let records = discardRecordsLocked(old)
+                if !records.isEmpty { try? journal.append(records) }
                 discardLocked(old)
             }
             staged[ExactString(file.key)] = file
@@ -658,8 +662,10 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         let (parent, name) = Self.split(source)
         if case .present(.file(let info)) = tree[parent]?[name] {
             insertLocked(destination, .present(.file(info)))
+            copiedTo[ExactString(destination)] = copyID
         } else if let sourceInfo {
             insertLocked(destination, .present(.file(sourceInfo)))
+            copiedTo[ExactString(destination)] = copyID
         }
         tree[parent, default: [:]][name] = .removed
         pending.append(Operation(id: copyID, kind: .copy(source, destination)))
@@ -813,21 +819,29 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                     guard case .notFound = error else { throw error }
                     logger.error("the object a rename copies is gone from the bucket; the renamed file is lost", metadata: ["source": "\(source)", "destination": "\(destination)"])
                     monitor.withLock {
-                        if case .present(.file(let old)) = changeLocked(destination), ExactString(old.key) == ExactString(source) {
+                        if copiedTo[ExactString(destination)] == operation.id {
+                            copiedTo.removeValue(forKey: ExactString(destination))
                             let (parent, name) = Self.split(destination)
-                            tree[parent]?.removeValue(forKey: name)
+                            if case .present(.file) = tree[parent]?[name] { tree[parent]?.removeValue(forKey: name) }
                         }
                     }
                     try? journal.append([.done(operation.id)])
                     return nil
                 }
                 // Until now the destination was read from the source object; from here on from the copy.
-                monitor.withLock {
+                let shown = monitor.withLock { () -> Bool in
                     uploadedKeys.insert(ExactString(destination))
                     noteDirectoriesLocked(of: destination)
-                    if case .present(.file(let old)) = changeLocked(destination), ExactString(old.key) == ExactString(source) {
+                    guard copiedTo[ExactString(destination)] == operation.id else { return changeLocked(destination) != nil }
+                    copiedTo.removeValue(forKey: ExactString(destination))
+                    if case .present(.file(let old)) = changeLocked(destination) {
                         insertLocked(destination, .present(.file(ObjectInfo(key: destination, size: old.size, modified: old.modified, etag: etag))))
                     }
+                    return true
+                }
+                // A copy replayed after a crash, whose source the mount never showed: shown now, as it is.
+                if !shown, let info = try? store.head(key: destination) {
+                    monitor.withLock { if changeLocked(destination) == nil { insertLocked(destination, .present(.file(info))) } }
                 }
             }
             try? journal.append([.done(operation.id)])
@@ -986,7 +1000,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     /// Shows in the tree what a queued operation recovered from the journal will do, as the call that
     /// queued it did (in queue order): the staged file of a put, nothing at a deleted key, and at a copy's
-    /// destination its source (read from the store until the copy has run).
+    /// destination its source's object if the tree shows one (a rename of a renamed file); a destination
+    /// whose source only the store has shows once its copy has run (the mount asks the store nothing
+    /// before it is up).
     private func showLocked(_ operation: Operation) {
         switch operation.kind {
         case .put(_, let key, _):
@@ -995,7 +1011,10 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             let (parent, name) = Self.split(key.hasSuffix("/") ? String(key.dropLast()) : key)
             tree[parent, default: [:]][name] = .removed
         case .copy(let source, let destination):
-            if let info = try? store.head(key: source) { insertLocked(destination, .present(.file(info))) }
+            if case .present(.file(let info)) = changeLocked(source) {
+                insertLocked(destination, .present(.file(info)))
+                copiedTo[ExactString(destination)] = operation.id
+            }
         }
     }
 

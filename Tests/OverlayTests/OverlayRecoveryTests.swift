@@ -339,32 +339,69 @@ extension LocalBucketStore {
         }
     }
 
+    /// Puts `content` at `key` in `bucket` directly, as another client (or an earlier upload) would.
+    private func putObject(_ key: String, _ content: String, in bucket: LocalStore) throws {
+        let path = bucket.root + "/.payload"
+        let fd = open(path, O_RDWR | O_CREAT, 0o600)
+        defer {
+            close(fd)
+            unlink(path)
+        }
+        _ = content.withCString { Glibc.write(fd, $0, strlen($0)) }
+        _ = try bucket.put(key: key, fd: fd, size: Int64(content.utf8.count), options: UploadOptions())
+    }
+
+    /// A local bucket that counts HEAD requests.
+    final class HeadCountingStore: LocalBucketStore {
+        let bucket: LocalStore
+        let heads = Atomic<Int>(0)
+        init(root: String) { bucket = LocalStore(root: root) }
+        func head(key: String) throws(StoreError) -> ObjectInfo {
+            heads.add(1, ordering: .relaxed)
+            return try bucket.head(key: key)
+        }
+    }
+
     @Test func deletesAndRenamesStillQueuedAtACrashShowAfterIt() throws {
         let (staging, configuration) = freshStaging()
         defer { withExtendedLifetime(staging) {} }
         let bucket = ScratchDirectory()
-        let store = StuckChangesStore(root: bucket.path)
-        for key in ["ckpt/deleted.bin", "ckpt/moved.bin"] {
-            let fd = open(bucket.path + "/payload", O_RDWR | O_CREAT, 0o600)
-            _ = "uploaded".withCString { Glibc.write(fd, $0, strlen($0)) }
-            _ = try store.bucket.put(key: key, fd: fd, size: 8, options: UploadOptions())
-            close(fd)
-            unlink(bucket.path + "/payload")
-        }
+        let stuck = StuckChangesStore(root: bucket.path)
+        for key in ["ckpt/deleted.bin", "ckpt/moved.bin"] { try putObject(key, "uploaded", in: stuck.bucket) }
         do {
-            let overlay = try Overlay(store: store, configuration: configuration)
+            let overlay = try Overlay(store: stuck, configuration: configuration)
             defer { overlay.stagingLock.release() }  // its process ends at the crash below
             try overlay.unlink("ckpt/deleted.bin", existsRemotely: true)
             try overlay.rename("ckpt/moved.bin", to: "ckpt/renamed.bin", sourceInStore: true)
         }
-        let recovered = try Overlay(store: store, configuration: configuration)
+        let watched = HeadCountingStore(root: bucket.path)
+        let recovered = try Overlay(store: watched, configuration: configuration)
+        #expect(watched.heads.load(ordering: .relaxed) == 0, "the recovery waited for the store")
         #expect(recovered.change(in: "ckpt/", name: "deleted.bin") == .removed)
         #expect(recovered.change(in: "ckpt/", name: "moved.bin") == .removed)
+        #expect(recovered.sync(prefix: "").isEmpty)
         guard case .present(.file(let info)) = recovered.change(in: "ckpt/", name: "renamed.bin") else {
             Issue.record("the renamed file is not shown: \(String(describing: recovered.change(in: "ckpt/", name: "renamed.bin")))")
             return
         }
-        #expect(info.key == "ckpt/moved.bin" && info.size == 8, "read from its source until the copy has run")
+        #expect(info.key == "ckpt/renamed.bin" && info.size == 8)
+    }
+
+    @Test func theLastOfARenameChainIsShownWithItsOwnObjectOnceTheCopiesHaveRun() throws {
+        let (staging, configuration) = freshStaging()
+        defer { withExtendedLifetime(staging) {} }
+        let scratch = ScratchDirectory()
+        let bucket = LocalStore(root: scratch.path)
+        try putObject("ckpt/a.bin", "uploaded", in: bucket)
+        let overlay = try Overlay(store: bucket, configuration: configuration)
+        try overlay.rename("ckpt/a.bin", to: "ckpt/b.bin", sourceInStore: true, sourceInfo: try bucket.head(key: "ckpt/a.bin"))
+        try overlay.rename("ckpt/b.bin", to: "ckpt/c.bin", sourceInStore: true)
+        #expect(overlay.sync(prefix: "").isEmpty)
+        guard case .present(.file(let info)) = overlay.change(in: "ckpt/", name: "c.bin") else {
+            Issue.record("c.bin is not shown: \(String(describing: overlay.change(in: "ckpt/", name: "c.bin")))")
+            return
+        }
+        #expect(info.key == "ckpt/c.bin", "read from \(info.key), which the chain deleted")
     }
 
     @Test func aRenameWhoseSourceWasDeletedElsewhereBeforeItsReplayHoldsUpNothing() throws {
@@ -372,11 +409,7 @@ extension LocalBucketStore {
         defer { withExtendedLifetime(staging) {} }
         let bucket = ScratchDirectory()
         let stuck = StuckChangesStore(root: bucket.path)
-        let fd = open(bucket.path + "/payload", O_RDWR | O_CREAT, 0o600)
-        _ = "uploaded".withCString { Glibc.write(fd, $0, strlen($0)) }
-        _ = try stuck.bucket.put(key: "ckpt/a.bin", fd: fd, size: 8, options: UploadOptions())
-        close(fd)
-        unlink(bucket.path + "/payload")
+        try putObject("ckpt/a.bin", "uploaded", in: stuck.bucket)
         do {
             let overlay = try Overlay(store: stuck, configuration: configuration)
             defer { overlay.stagingLock.release() }  // its process ends at the crash below
@@ -457,21 +490,24 @@ extension LocalBucketStore {
         }
     }
 
-    @Test func everyPrefixOfAnUnlinkOfAFileWhoseUploadRunsThatACrashMayLeaveIsSafe() throws {
+    @Test(arguments: [true, false])
+    func everyPrefixOfAnUnlinkThatACrashMayLeaveIsSafe(uploadRunning: Bool) throws {
         let (staging, configuration) = freshStaging()
         defer { withExtendedLifetime(staging) {} }
         let journal = configuration.directory + "/journal"
         let gated = GatedStore()
-        let overlay = try Overlay(store: gated, configuration: { var c = configuration; c.uploadThreads = 1; return c }())
+        let store: any ObjectStore = uploadRunning ? gated : UnreachableStore()
+        let overlay = try Overlay(store: store, configuration: { var c = configuration; c.uploadThreads = 1; return c }())
         defer { overlay.stagingLock.release() }
         let file = try overlay.create("ckpt/scratch.bin")
         write(file, "scratch")
         try overlay.releaseWriter(file)
         overlay.waitForChecksums()
-        gated.started.wait()  // its upload runs, and never finishes before the crash
+        if uploadRunning { gated.started.wait() }  // its upload runs, and never finishes before the crash
         let before = Journal.read(journal).count
         try overlay.unlink("ckpt/scratch.bin", existsRemotely: false)
         let records = Journal.read(journal)
+        #expect(records.count > before)
         for kept in before...records.count {
             let prefix = Array(records[..<kept])
             let bucket = try bucketAfterRecovering(prefix, file: file.id, content: "scratch")
