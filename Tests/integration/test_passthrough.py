@@ -191,8 +191,10 @@ def test_a_file_this_mount_wrote_and_reads_back_can_be_rewritten_while_open(moun
 def test_a_newer_version_cannot_be_opened_while_a_cached_one_is_open_in_passthrough(mounter, moto_client, bucket):
     old, new = os.urandom(5 << 20), os.urandom(3 << 20)
     moto_client.put_object(Bucket=bucket, Key="p/j/c.bin", Body=old)
-    mnt = mounter.mount(f"s3://{bucket}", args=["--read-only", "--metadata-ttl", "1"]).mountpoint
-    assert read_fully(mnt / "p/j/c.bin") == old
+    first = mounter.mount(f"s3://{bucket}", args=["--read-only", "--metadata-ttl", "1"])
+    assert read_fully(first.mountpoint / "p/j/c.bin") == old
+    # Its blocks go to the disk cache after the read; an unmount stores every one of them.
+    mnt = mounter.remount(first).mountpoint
     with open(mnt / "p/j/c.bin", "rb") as held:  # served by the kernel from the cache's copy
         moto_client.put_object(Bucket=bucket, Key="p/j/c.bin", Body=new)
         deadline = time.monotonic() + 30
