@@ -147,7 +147,7 @@ extension FileSystem {
                 // since it opened it. Past the end of the version opened, a writer may have made a longer one
                 // since of a file this mount had not written yet.
                 if remote.rewritten || offset + Int64(size) > object.size && overlay?.wrote(object.key) == true,
-                    let newer = successor(of: handle.ino, replacing: object) {
+                    let newer = successor(of: handle.ino, replacing: object, askingTheStore: false) {
                     return replyRead(req, from: newer, size: size, offset: offset, through: base)
                 }
                 let prefetch = remote.window.withLock { $0.record(offset: offset, length: Int64(size)) }
@@ -156,7 +156,7 @@ extension FileSystem {
                         fuse_reply_buf(req, $0.baseAddress, $0.count)
                     }
                 } catch {
-                    if error.isGone, let newer = successor(of: handle.ino, replacing: object) {
+                    if error.isGone, let newer = successor(of: handle.ino, replacing: object, askingTheStore: true) {
                         return replyRead(req, from: newer, size: size, offset: offset, through: base)
                     }
                     replyFailedRead(req, object.key, error)
@@ -212,9 +212,15 @@ extension FileSystem {
     /// rename through this mount made of it, or a newer version this mount wrote (staged, or uploaded).
     /// As on a local file system, a reader holding a file reads what writers of this mount wrote to it since
     /// (a log being appended to); a version another client put on the server is still `ESTALE`.
-    private func successor(of ino: UInt64, replacing object: CachedObject) -> Successor? {
+    /// Without `askingTheStore`, only what this mount changed counts (no listing is fetched, as for a read
+    /// that merely checks for a newer version).
+    private func successor(of ino: UInt64, replacing object: CachedObject, askingTheStore: Bool) -> Successor? {
         let found = try? withVersion(
-            of: { () throws(FileError) in try namespaceCall { () throws(NamespaceError) in try namespace.currentKind(of: ino) } },
+            of: { () throws(FileError) in
+                try namespaceCall { () throws(NamespaceError) in
+                    askingTheStore ? try namespace.currentKind(of: ino) : try namespace.changedKind(of: ino)
+                }
+            },
             in: { [overlay] in overlay?.stagedFile($0) })
         switch found?.kind {
         case .file(let info)?:

@@ -162,6 +162,16 @@ public final class Namespace: Sendable {
         return inode.detached ? nil : try kind(parent: inode.parent, name: inode.name)
     }
 
+    /// The kind the overlay gives inode `ino`'s name (nil: no change of this mount there, or a detached
+    /// inode), without asking the store.
+    public func changedKind(of ino: UInt64) throws(NamespaceError) -> EntryKind? {
+        let inode = try self.inode(ino)
+        guard !inode.detached, case .present(let kind)? = overlay?.change(in: try directoryPrefix(inode.parent), name: inode.name) else {
+            return nil
+        }
+        return kind
+    }
+
     /// The key inode `ino` names (its directory's prefix and its name).
     public func key(of ino: UInt64) throws(NamespaceError) -> String {
         let inode = try self.inode(ino)
