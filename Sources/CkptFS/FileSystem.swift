@@ -97,7 +97,7 @@ public final class FileSystem: Sendable {
         st.st_gid = settings.gid
         st.st_blksize = settings.ioSize
         let modified = attributes.modified == 0 ? mountTime : attributes.modified
-        st.st_mtim = timespec(tv_sec: Int(modified), tv_nsec: 0)
+        st.st_mtim = timespec(tv_sec: Int(modified), tv_nsec: Int(attributes.modifiedNanoseconds))
         st.st_ctim = st.st_mtim
         st.st_atim = st.st_mtim
         st.st_size = Int(attributes.size)

@@ -28,6 +28,9 @@ public protocol NamespaceOverlay: Sendable {
     func changes(in prefix: String) -> [ExactString: OverlayChange]
     /// Size and modification time of a staged file.
     func stagedAttributes(key: String) -> (size: Int64, modified: Int64)?
+    /// When a name last appeared in or went from the directory `prefix` through this mount, or the
+    /// directory was made here (nanoseconds since the epoch), if ever.
+    func changeTime(of prefix: String) -> Int64?
 }
 
 /// The content of a staged file, which an open descriptor keeps after the file's name is removed or
@@ -54,6 +57,8 @@ public struct Attributes: Sendable, Equatable {
     public let kind: EntryKind
     public let size: Int64
     public let modified: Int64
+    /// The fraction of a second of `modified`, in nanoseconds.
+    public var modifiedNanoseconds: Int64 = 0
     /// No name leads to the inode any more (it is reported with no links, as an unlinked open file).
     public var detached = false
 }

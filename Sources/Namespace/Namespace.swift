@@ -212,6 +212,13 @@ public final class Namespace: Sendable {
 
     public func attributes(_ ino: UInt64) throws(NamespaceError) -> Attributes {
         let (kind, detached, content) = try resolve(ino)
+        // The kernel asks again once its copy has expired: a directory whose listing has expired too is
+        // listed again, so that a change in the store changes its modification time (and the kernel then
+        // drops the READDIR results it keeps).
+        if case .directory(let prefix) = kind, !detached,
+            let listing = listings.withLock({ $0[ExactString(prefix)] }), !isFresh(listing, now: Self.monotonicSeconds()) {
+            _ = try? self.listing(prefix)
+        }
         guard detached else { return attributes(ino, kind) }
         var result = if case .staged = kind {
             Attributes(ino: ino, kind: kind, size: content?.size ?? 0, modified: content?.modified ?? 0)
@@ -465,10 +472,16 @@ public final class Namespace: Sendable {
             made[directory] = Listing(sorted, fetchedAt: fetchedAt)
         }
         let now = Int64(time(nil))
+        // Names this mount changed count from the overlay's times: their uploads are not changes.
+        let own = Dictionary(uniqueKeysWithValues: made.keys.map { ($0, overlay?.changes(in: $0.string) ?? [:]) })
         listings.withLock { listings in
             for (directory, var listing) in made {
                 if let old = listings[directory] {
-                    listing.changedAt = old.entries == listing.entries ? old.changedAt : max(now, old.changedAt + 1)
+                    let ours = own[directory] ?? [:]
+                    let same = ours.isEmpty
+                        ? old.entries == listing.entries
+                        : old.entries.filter { ours[ExactString($0.name)] == nil } == listing.entries.filter { ours[ExactString($0.name)] == nil }
+                    listing.changedAt = same ? old.changedAt : max(now, old.changedAt + 1)
                 }
                 made[directory] = listing
                 listings[directory] = listing
@@ -536,13 +549,15 @@ public final class Namespace: Sendable {
     private func attributes(_ ino: UInt64, _ kind: EntryKind) -> Attributes {
         switch kind {
         case .directory(let prefix):
-            // The kernel keeps a directory's READDIR results until its mtime changes. Once the listing
-            // has expired the mtime is the current time, so the next `ls` reads the directory again (and
-            // with it fetches a fresh listing), without a fetch here.
-            let listing = listings.withLock { $0[ExactString(prefix)] }
-            var modified = listing?.changedAt ?? 0
-            if let listing, !isFresh(listing, now: Self.monotonicSeconds()) { modified = Int64(time(nil)) }
-            return Attributes(ino: ino, kind: kind, size: 0, modified: modified)
+            // As on a local file system, the time a name last appeared or went: through this mount, or in
+            // the store's listing as a refresh found it (0: the mount's start). Trainers rotate checkpoints
+            // by it, so it must never make an older directory look newer. The kernel keeps a directory's
+            // READDIR results until this changes.
+            let store = (listings.withLock { $0[ExactString(prefix)] }?.changedAt ?? 0) * 1_000_000_000
+            let changed = max(store, overlay?.changeTime(of: prefix) ?? 0)
+            var attributes = Attributes(ino: ino, kind: kind, size: 0, modified: changed / 1_000_000_000)
+            attributes.modifiedNanoseconds = changed % 1_000_000_000
+            return attributes
         case .file(let info): return Attributes(ino: ino, kind: kind, size: info.size, modified: info.modified)
         case .symlink(let target): return Attributes(ino: ino, kind: kind, size: Int64(target.utf8.count), modified: 0)
         case .staged(let key):

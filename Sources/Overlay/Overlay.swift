@@ -110,6 +110,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// Destinations of renamed objects shown with their source's object, by the copy that will make
     /// theirs: when it has run, they are shown with it.
     private var copiedTo: [ExactString: UInt64] = [:]
+    /// When a name appeared in or went from each directory through this mount, or the directory was made
+    /// here (nanoseconds since the epoch): its modification time, as a local file system keeps it.
+    private var directoryChanged: [ExactString: Int64] = [:]
     /// Every directory prefix above a key this daemon has put or copied into the store (a file:// store has
     /// made those directories), for as long as it runs.
     private var directoriesWritten: Set<ExactString> = []
@@ -142,6 +145,10 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     public func change(in prefix: String, name: String) -> OverlayChange? {
         monitor.withLock { tree[ExactString(prefix)]?[ExactString(name)] }
+    }
+
+    public func changeTime(of prefix: String) -> Int64? {
+        monitor.withLock { directoryChanged[ExactString(prefix)] }
     }
 
     public func changes(in prefix: String) -> [ExactString: OverlayChange] {
@@ -560,9 +567,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 pending.append(Operation(id: id, kind: .delete(prefix)))
             }
             if existsRemotely {
-                tree[parent, default: [:]][name] = .removed
+                setLocked(parent, name, .removed)
             } else {
-                tree[parent]?.removeValue(forKey: name)
+                setLocked(parent, name, nil)
             }
         }
         monitor.broadcast()
@@ -584,10 +591,10 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             if let file = staged.removeValue(forKey: exact) { discardLocked(file) }
             let (parent, name) = Self.split(key)
             if inStore {
-                tree[parent, default: [:]][name] = .removed
+                setLocked(parent, name, .removed)
                 pending.append(Operation(id: id, kind: .delete(key)))
             } else {
-                tree[parent]?.removeValue(forKey: name)
+                setLocked(parent, name, nil)
             }
         }
         monitor.broadcast()
@@ -637,7 +644,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         file.key = destination
         staged[ExactString(destination)] = file
         let (parent, name) = Self.split(source)
-        tree[parent]?.removeValue(forKey: name)
+        setLocked(parent, name, nil)
         insertLocked(destination, .present(.staged(key: destination)))
         if let queued { pending.removeAll { $0.id == queued } }
         if reupload {
@@ -645,7 +652,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             pending.append(Operation(id: putID, kind: .put(file, key: destination, size: file.closed.size)))
         }
         if deleteSource {
-            tree[parent, default: [:]][name] = .removed
+            setLocked(parent, name, .removed)
             pending.append(Operation(id: deleteID, kind: .delete(source)))
         }
     }
@@ -667,7 +674,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             insertLocked(destination, .present(.file(sourceInfo)))
             copiedTo[ExactString(destination)] = copyID
         }
-        tree[parent, default: [:]][name] = .removed
+        setLocked(parent, name, .removed)
         pending.append(Operation(id: copyID, kind: .copy(source, destination)))
         pending.append(Operation(id: deleteID, kind: .delete(source)))
     }
@@ -822,7 +829,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                         if copiedTo[ExactString(destination)] == operation.id {
                             copiedTo.removeValue(forKey: ExactString(destination))
                             let (parent, name) = Self.split(destination)
-                            if case .present(.file) = tree[parent]?[name] { tree[parent]?.removeValue(forKey: name) }
+                            if case .present(.file) = tree[parent]?[name] { setLocked(parent, name, nil) }
                         }
                     }
                     try? journal.append([.done(operation.id)])
@@ -1009,7 +1016,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             insertLocked(key, .present(.staged(key: key)))
         case .delete(let key):
             let (parent, name) = Self.split(key.hasSuffix("/") ? String(key.dropLast()) : key)
-            tree[parent, default: [:]][name] = .removed
+            setLocked(parent, name, .removed)
         case .copy(let source, let destination):
             if case .present(.file(let info)) = changeLocked(source) {
                 insertLocked(destination, .present(.file(info)))
@@ -1031,13 +1038,32 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// Records `change` for `key` and makes its ancestor directories visible. Call with the monitor held.
     private func insertLocked(_ key: String, _ change: OverlayChange) {
         var (parent, name) = Self.split(key)
-        tree[parent, default: [:]][name] = change
+        setLocked(parent, name, change)
         while parent.string.utf8.count > configuration.rootPrefix.utf8.count {
             let directory = parent.string
             (parent, name) = Self.split(String(directory.dropLast()))
             if case .present = tree[parent]?[name] { break }
-            tree[parent, default: [:]][name] = .present(.directory(prefix: directory))
+            setLocked(parent, name, .present(.directory(prefix: directory)))
         }
+    }
+
+    /// Records `change` (nil: none) for `name` in directory `parent`; a name that appears or goes changes
+    /// the directory's modification time, and a directory made here gets its creation time. Call with the
+    /// monitor held.
+    private func setLocked(_ parent: ExactString, _ name: ExactString, _ change: OverlayChange?) {
+        let was = tree[parent]?[name]
+        if let change { tree[parent, default: [:]][name] = change } else { tree[parent]?.removeValue(forKey: name) }
+        func shown(_ change: OverlayChange?) -> Bool { if case .present = change { true } else { false } }
+        guard was != change, !(shown(was) && shown(change)) else { return }
+        let now = Self.nanosecondsNow()
+        directoryChanged[parent] = now
+        if case .present(.directory(let prefix)) = change, !shown(was) { directoryChanged[ExactString(prefix)] = now }
+    }
+
+    private static func nanosecondsNow() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
     }
 
     /// Records the directories above `key` as written. Call with the monitor held.

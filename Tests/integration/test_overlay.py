@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from transformers.trainer_utils import rotate_checkpoints
 from safetensors.numpy import load_file, save_file
 
 from support import (
@@ -545,3 +546,27 @@ def test_a_reader_open_across_a_rename_of_an_uploaded_file_reads_the_renamed_cop
     finally:
         os.close(reader)
     assert (mnt / "p/j/b.bin").read_bytes() == data
+
+
+def test_checkpoints_rotated_by_modification_time_keep_the_newest(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    # transformers' Trainer (5.x) rotates checkpoints by the directories' mtimes (save_total_limit): the one
+    # just saved must look newest, also next to older ones whose listings have expired, or were listed
+    # again after their uploads.
+    moto_client.put_object(Bucket=bucket, Key="p/run/checkpoint-1/model.safetensors", Body=b"1")  # an earlier job's
+    mnt = mounter.mount(f"s3://{bucket}", args=["--metadata-ttl", "1", "--allow-delete"]).mountpoint
+    run_dir = mnt / "p/run"
+    assert os.listdir(run_dir / "checkpoint-1") == ["model.safetensors"]
+    for n in (2, 3):
+        time.sleep(1.2)  # past --metadata-ttl: the older checkpoints' listings expire
+        (run_dir / f"checkpoint-{n}").mkdir()
+        (run_dir / f"checkpoint-{n}/model.safetensors").write_bytes(b"%d" % n)
+        mtimes = [os.stat(run_dir / f"checkpoint-{m}").st_mtime_ns for m in (n - 1, n)]
+        assert mtimes[0] < mtimes[1], mtimes
+        rotate_checkpoints(str(run_dir), save_total_limit=1, use_mtime=True)
+        assert sorted(os.listdir(run_dir)) == [f"checkpoint-{n}", "latest"]
+        sync(ckptfs_bin, moto_env, run_dir)
+        time.sleep(1.2)
+        assert os.listdir(run_dir / f"checkpoint-{n}") == ["model.safetensors"]  # listed again, with its upload
+    assert sorted(os.listdir(run_dir)) == ["checkpoint-3", "latest"]
+    keys = {o["Key"] for o in moto_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {"p/run/checkpoint-3/model.safetensors"}
