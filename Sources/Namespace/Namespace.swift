@@ -132,8 +132,8 @@ public final class Namespace: Sendable {
         case .removed: throw .notFound
         case nil: break
         }
-        guard let entry = try listing(prefix).entry(name) else { throw .notFound }
-        return register(parent: parent, entry: entry)
+        guard let kind = try listedKind(prefix, name) else { throw .notFound }
+        return register(parent: parent, entry: DirEntry(name: name, kind: kind))
     }
 
     /// Counts one kernel reference to an entry returned by `entries` (READDIRPLUS).
@@ -252,7 +252,7 @@ public final class Namespace: Sendable {
         let prefix = try directoryPrefix(ino)
         let listing = try listing(prefix)
         guard let changes = overlay?.changes(in: prefix), !changes.isEmpty else { return listing.order }
-        return DirectoryOrder(merge(listing.entries, changes))
+        return DirectoryOrder(merge(prefix, listing.entries, changes))
     }
 
     /// The key prefix of directory `ino` (ends with `/`, or is the root prefix).
@@ -266,9 +266,19 @@ public final class Namespace: Sendable {
         switch overlay?.change(in: prefix, name: name) {
         case .present(let kind): return kind
         case .removed: return nil
-        case nil:
-            return try listing(prefix).entry(name)?.kind
+        case nil: return try listedKind(prefix, name)
         }
+    }
+
+    /// What the store's listing of `prefix` gives `name`, with the job `latest` as the checkpoints this
+    /// mount saved or removed move it.
+    private func listedKind(_ prefix: String, _ name: String) throws(NamespaceError) -> EntryKind? {
+        let listing = try listing(prefix)
+        if name == Self.reference, let changes = overlay?.changes(in: prefix), let latest = jobReference(prefix, listing.entries, changes) {
+            if case .link(let target) = latest { return .symlink(target: target) }
+            return nil
+        }
+        return listing.entry(name)?.kind
     }
 
     /// The kind of inode `ino`, following a staged file that has been uploaded meanwhile.
@@ -302,17 +312,56 @@ public final class Namespace: Sendable {
     public func entries(prefix: String) throws(NamespaceError) -> [DirEntry] {
         let remote = try listing(prefix).entries
         guard let changes = overlay?.changes(in: prefix), !changes.isEmpty else { return remote }
-        return merge(remote, changes).sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+        return merge(prefix, remote, changes).sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
     }
 
     /// The store's entries with the overlay's changes applied, unordered. A change whose name no file can
     /// have (one holding `/`) is left out: the kernel refuses a whole READDIR reply for one such entry.
-    private func merge(_ remote: [DirEntry], _ changes: [ExactString: OverlayChange]) -> [DirEntry] {
+    private func merge(_ prefix: String, _ remote: [DirEntry], _ changes: [ExactString: OverlayChange]) -> [DirEntry] {
         var merged = remote.filter { changes[ExactString($0.name)] == nil }
         for (name, change) in changes where NameRules.isValid(name.string) {
             if case .present(let kind) = change { merged.append(DirEntry(name: name.string, kind: kind)) }
         }
+        if let latest = jobReference(prefix, remote, changes) {
+            merged.removeAll { $0.name == Self.reference }
+            if case .link(let target) = latest { merged.append(DirEntry(name: Self.reference, kind: .symlink(target: target))) }
+        }
         return merged
+    }
+
+    /// The name of checkpoint references.
+    private static let reference = "latest"
+
+    /// A job `latest` as this mount shows it.
+    private enum JobReference {
+        case link(String)
+        case hidden
+    }
+
+    /// The job `latest` of directory `prefix` when this mount made or removed checkpoints in it (nil: the
+    /// store's entries stand): the largest checkpoint it shows now (a nil target: none, or a link unlinked
+    /// through the mount with that target). Not where the directory holds a real `latest`, or this mount
+    /// changed that name.
+    private func jobReference(_ prefix: String, _ remote: [DirEntry], _ changes: [ExactString: OverlayChange]) -> JobReference? {
+        guard changes[ExactString(Self.reference)] == nil,
+            changes.keys.contains(where: { NameRules.checkpointNumber($0.string) != nil })
+        else { return nil }
+        if let real = remote.first(where: { $0.name == Self.reference }) {
+            guard case .symlink = real.kind else { return nil }
+        }
+        var best: (name: String, number: CheckpointNumber)?
+        func consider(_ name: String, _ kind: EntryKind) {
+            guard case .directory = kind, let number = NameRules.checkpointNumber(name) else { return }
+            if let current = best, number < current.number || number == current.number && !current.name.utf8.lexicographicallyPrecedes(name.utf8) {
+                return
+            }
+            best = (name, number)
+        }
+        for entry in remote where changes[ExactString(entry.name)] == nil { consider(entry.name, entry.kind) }
+        for (name, change) in changes { if case .present(let kind) = change { consider(name.string, kind) } }
+        guard let target = best?.name else { return .hidden }
+        let unlinked = unlinkedReferences.withLock { $0[ExactString(prefix)]?[ExactString(Self.reference)] }
+        return unlinked == target ? .hidden : .link(target)
     }
 
     /// Moves the inode of `name` in `parent` to `newName` in `newParent` after a rename, so open handles
@@ -394,8 +443,12 @@ public final class Namespace: Sendable {
     }
 
     public func readlink(_ ino: UInt64) throws(NamespaceError) -> String {
-        guard let kind = table.withLock({ $0.inodes[ino]?.kind }) else { throw .notFound }
-        guard case .symlink(let target) = kind else { throw .notSymlink }
+        guard let inode = table.withLock({ $0.inodes[ino] }) else { throw .notFound }
+        guard case .symlink(let stored) = inode.kind else { throw .notSymlink }
+        // A checkpoint reference moves when a checkpoint is saved or removed, while the kernel keeps its
+        // entry: the name's current target.
+        guard !inode.detached, case .symlink(let target)? = try? kind(parent: inode.parent, name: inode.name) else { return stored }
+        if target != stored { table.withLock { $0.inodes[ino]?.kind = .symlink(target: target) } }
         return target
     }
 

@@ -570,3 +570,22 @@ def test_checkpoints_rotated_by_modification_time_keep_the_newest(mounter, moto_
     assert sorted(os.listdir(run_dir)) == ["checkpoint-3", "latest"]
     keys = {o["Key"] for o in moto_client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert keys == {"p/run/checkpoint-3/model.safetensors"}
+
+
+def test_job_latest_follows_the_checkpoints_this_mount_saves_and_removes(mounter, moto_client, bucket):
+    moto_client.put_object(Bucket=bucket, Key="p/run/checkpoint-1/model.safetensors", Body=b"1")
+    job = mounter.mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint / "p/run"
+    assert os.readlink(job / "latest") == "checkpoint-1"
+    (job / "checkpoint-2").mkdir()
+    (job / "checkpoint-2/model.safetensors").write_bytes(b"2")
+    assert os.readlink(job / "latest") == "checkpoint-2"
+    assert (job / "latest/model.safetensors").read_bytes() == b"2"
+    assert sorted(os.listdir(job)) == ["checkpoint-1", "checkpoint-2", "latest"]
+    shutil.rmtree(job / "checkpoint-2")
+    assert os.readlink(job / "latest") == "checkpoint-1"
+    shutil.rmtree(job / "checkpoint-1")
+    assert os.listdir(job) == []
+    new = job.parent / "new-run"
+    (new / "checkpoint-7").mkdir(parents=True)
+    assert os.readlink(new / "latest") == "checkpoint-7"
+
