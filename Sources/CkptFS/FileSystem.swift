@@ -55,6 +55,8 @@ public final class FileSystem: Sendable {
     let features: KernelFeatures
     /// Serves open staged files and fully cached objects in the kernel where it can.
     let passthrough: Passthrough
+    /// Drops the kernel's copies of directories whose listings have expired.
+    let invalidator = DirectoryInvalidator()
     /// The kernel reads directories without OPENDIR once told so (it supports `no_opendir`).
     let skipsOpendir = Atomic<Bool>(false)
     let logger = Logger(label: "ckptfs.fuse")
@@ -141,6 +143,13 @@ public final class FileSystem: Sendable {
     func attributeTimeout(_ kind: EntryKind) -> Double {
         if case .staged = kind { return 0 }
         return settings.metadataTTL
+    }
+
+    /// Attributes going to the kernel: a directory whose listing has expired is dropped from its caches
+    /// (see `DirectoryInvalidator`).
+    func reporting(_ attributes: Attributes) -> Attributes {
+        if case .directory(let prefix) = attributes.kind, namespace.listingExpired(prefix) { invalidator.request(attributes.ino) }
+        return attributes
     }
 
     static func errno(_ error: StoreError) -> Int32 {

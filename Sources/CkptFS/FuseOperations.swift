@@ -57,7 +57,7 @@ func makeOperations(writable: Bool) -> fuse_lowlevel_ops {
     ops.getattr = { req, ino, _ in
         let fs = FileSystem.from(req)
         do throws(NamespaceError) {
-            let attributes = try fs.namespace.attributes(ino)
+            let attributes = fs.reporting(try fs.namespace.attributes(ino))
             var st = fs.stat(attributes)
             fuse_reply_attr(req, &st, fs.attributeTimeout(attributes.kind))
         } catch {
@@ -165,7 +165,7 @@ extension FileSystem {
     func entry(_ attributes: Attributes) -> fuse_entry_param {
         var entry = fuse_entry_param()
         entry.ino = attributes.ino
-        entry.attr = stat(attributes)
+        entry.attr = stat(reporting(attributes))
         entry.attr_timeout = attributeTimeout(attributes.kind)
         entry.entry_timeout = settings.metadataTTL
         return entry

@@ -50,6 +50,7 @@ public final class FuseSession {
             userdata.release()
             throw MountError("cannot set up the FUSE device")
         }
+        fileSystem.invalidator.attach(session)
         raiseReadAhead()
     }
 
@@ -60,6 +61,7 @@ public final class FuseSession {
         fuse_loop_cfg_set_idle_threads(config, maxThreads)
         let status = fuse_session_loop_mt(session, config)
         fuse_loop_cfg_destroy(config)
+        userdata.takeUnretainedValue().invalidator.detach()
         fuse_remove_signal_handlers(session)
         fuse_session_unmount(session)
         fuse_session_destroy(session)

@@ -42,8 +42,8 @@ public final class Namespace: Sendable {
         let byName: [ExactString: Int]
         let order: DirectoryOrder
         let fetchedAt: Double
-        /// When the store's listing of this directory was last seen to change (wall-clock seconds; 0 while
-        /// it is as first fetched): the directory's mtime while the listing is fresh.
+        /// When the store's listing of this directory was last seen to change by another client
+        /// (nanoseconds since the epoch; 0 while it is as first fetched).
         var changedAt: Int64 = 0
 
         /// The listing of `sorted`, entries ordered by their names' bytes.
@@ -212,13 +212,6 @@ public final class Namespace: Sendable {
 
     public func attributes(_ ino: UInt64) throws(NamespaceError) -> Attributes {
         let (kind, detached, content) = try resolve(ino)
-        // The kernel asks again once its copy has expired: a directory whose listing has expired too is
-        // listed again, so that a change in the store changes its modification time (and the kernel then
-        // drops the READDIR results it keeps).
-        if case .directory(let prefix) = kind, !detached,
-            let listing = listings.withLock({ $0[ExactString(prefix)] }), !isFresh(listing, now: Self.monotonicSeconds()) {
-            _ = try? self.listing(prefix)
-        }
         guard detached else { return attributes(ino, kind) }
         var result = if case .staged = kind {
             Attributes(ino: ino, kind: kind, size: content?.size ?? 0, modified: content?.modified ?? 0)
@@ -274,7 +267,7 @@ public final class Namespace: Sendable {
     /// mount saved or removed move it.
     private func listedKind(_ prefix: String, _ name: String) throws(NamespaceError) -> EntryKind? {
         let listing = try listing(prefix)
-        if name == Self.reference, let changes = overlay?.changes(in: prefix), let latest = jobReference(prefix, listing.entries, changes) {
+        if name == Self.reference, let changes = overlay?.changes(in: prefix), let latest = reference(prefix, listing.entries, changes) {
             if case .link(let target) = latest { return .symlink(target: target) }
             return nil
         }
@@ -322,7 +315,7 @@ public final class Namespace: Sendable {
         for (name, change) in changes where NameRules.isValid(name.string) {
             if case .present(let kind) = change { merged.append(DirEntry(name: name.string, kind: kind)) }
         }
-        if let latest = jobReference(prefix, remote, changes) {
+        if let latest = reference(prefix, remote, changes) {
             merged.removeAll { $0.name == Self.reference }
             if case .link(let target) = latest { merged.append(DirEntry(name: Self.reference, kind: .symlink(target: target))) }
         }
@@ -332,23 +325,57 @@ public final class Namespace: Sendable {
     /// The name of checkpoint references.
     private static let reference = "latest"
 
-    /// A job `latest` as this mount shows it.
-    private enum JobReference {
+    /// A `latest` as this mount shows it.
+    private enum Reference {
         case link(String)
         case hidden
     }
 
-    /// The job `latest` of directory `prefix` when this mount made or removed checkpoints in it (nil: the
-    /// store's entries stand): the largest checkpoint it shows now (a nil target: none, or a link unlinked
-    /// through the mount with that target). Not where the directory holds a real `latest`, or this mount
-    /// changed that name.
-    private func jobReference(_ prefix: String, _ remote: [DirEntry], _ changes: [ExactString: OverlayChange]) -> JobReference? {
-        guard changes[ExactString(Self.reference)] == nil,
-            changes.keys.contains(where: { NameRules.checkpointNumber($0.string) != nil })
-        else { return nil }
-        if let real = remote.first(where: { $0.name == Self.reference }) {
-            guard case .symlink = real.kind else { return nil }
+    /// The `latest` of directory `prefix` as this mount's checkpoints move it (nil: the store's entries
+    /// stand). Not where the directory holds a real `latest`, or this mount changed that name.
+    private func reference(_ prefix: String, _ remote: [DirEntry], _ changes: [ExactString: OverlayChange]) -> Reference? {
+        guard changes[ExactString(Self.reference)] == nil else { return nil }
+        let link = remote.first { $0.name == Self.reference }
+        if let link {
+            guard case .symlink = link.kind else { return nil }
         }
+        let relative = NameRules.suffix(of: prefix, after: configuration.rootPrefix) ?? ""
+        let found = NameRules.segments(relative).count == 2
+            ? projectReference(changes, storeTarget: link.flatMap { if case .symlink(let target) = $0.kind { target } else { nil } })
+            : jobReference(remote, changes)
+        guard case .link(let target)? = found else { return found }
+        let unlinked = unlinkedReferences.withLock { $0[ExactString(prefix)]?[ExactString(Self.reference)] }
+        return unlinked == target ? .hidden : .link(target)
+    }
+
+    /// A project's `latest` when this mount saved or removed checkpoints in it: the checkpoint this mount
+    /// changed last (by `Overlay.changeTime`); else the store's target unless this mount removed it.
+    private func projectReference(_ changes: [ExactString: OverlayChange], storeTarget: String?) -> Reference? {
+        guard let overlay else { return nil }
+        var best: (target: String, time: Int64, number: CheckpointNumber)?
+        for (job, change) in changes {
+            guard case .present(.directory(let jobPrefix)) = change else { continue }
+            for (name, child) in overlay.changes(in: jobPrefix) {
+                guard case .present(.directory(let checkpointPrefix)) = child, let number = NameRules.checkpointNumber(name.string),
+                    let time = overlay.changeTime(of: checkpointPrefix)
+                else { continue }
+                if let current = best, (time, number) <= (current.time, current.number) { continue }
+                best = (job.string + "/" + name.string, time, number)
+            }
+        }
+        if let best { return .link(best.target) }
+        guard let storeTarget else { return nil }
+        let (job, checkpoint) = NameRules.split(storeTarget)
+        let jobName = ExactString(String(job.dropLast()))
+        if changes[jobName] == .removed { return .hidden }
+        guard case .present(.directory(let jobPrefix))? = changes[jobName] else { return nil }
+        return overlay.change(in: jobPrefix, name: checkpoint) == .removed ? .hidden : nil
+    }
+
+    /// A job's `latest` when this mount made or removed checkpoints in it: the largest checkpoint it shows
+    /// now (hidden: none).
+    private func jobReference(_ remote: [DirEntry], _ changes: [ExactString: OverlayChange]) -> Reference? {
+        guard changes.keys.contains(where: { NameRules.checkpointNumber($0.string) != nil }) else { return nil }
         var best: (name: String, number: CheckpointNumber)?
         func consider(_ name: String, _ kind: EntryKind) {
             guard case .directory = kind, let number = NameRules.checkpointNumber(name) else { return }
@@ -359,9 +386,7 @@ public final class Namespace: Sendable {
         }
         for entry in remote where changes[ExactString(entry.name)] == nil { consider(entry.name, entry.kind) }
         for (name, change) in changes { if case .present(let kind) = change { consider(name.string, kind) } }
-        guard let target = best?.name else { return .hidden }
-        let unlinked = unlinkedReferences.withLock { $0[ExactString(prefix)]?[ExactString(Self.reference)] }
-        return unlinked == target ? .hidden : .link(target)
+        return best.map { .link($0.name) } ?? .hidden
     }
 
     /// Moves the inode of `name` in `parent` to `newName` in `newParent` after a rename, so open handles
@@ -418,11 +443,10 @@ public final class Namespace: Sendable {
     /// when a listing moves it to another checkpoint.
     public func unlinkReference(parent: UInt64, name: String) throws(NamespaceError) {
         let prefix = try directoryPrefix(parent)
-        let listing = try listing(prefix)
-        guard let position = listing.byName[ExactString(name)], case .symlink(let target) = listing.entries[position].kind else {
-            throw .notFound
-        }
+        guard case .symlink(let target)? = try listedKind(prefix, name) else { throw .notFound }
         unlinkedReferences.withLock { $0[ExactString(prefix), default: [:]][ExactString(name)] = target }
+        let listing = try listing(prefix)
+        guard let position = listing.byName[ExactString(name)], case .symlink = listing.entries[position].kind else { return }
         var entries = listing.entries
         entries.remove(at: position)
         var without = Listing(entries, fetchedAt: listing.fetchedAt)
@@ -499,6 +523,19 @@ public final class Namespace: Sendable {
     }
 
     /// Whether `listing` is younger than `--metadata-ttl` at monotonic time `now`.
+    /// Whether directory `prefix` was listed and that listing has expired: the kernel should then drop
+    /// the READDIR results it keeps of it, so the next `ls` lists it again.
+    public func listingExpired(_ prefix: String) -> Bool {
+        guard let listing = listings.withLock({ $0[ExactString(prefix)] }) else { return false }
+        return !isFresh(listing, now: Self.monotonicSeconds())
+    }
+
+    private static func nanosecondsNow() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+
     private func isFresh(_ listing: Listing, now: Double) -> Bool {
         now - listing.fetchedAt < configuration.metadataTTL
     }
@@ -524,17 +561,21 @@ public final class Namespace: Sendable {
             }.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
             made[directory] = Listing(sorted, fetchedAt: fetchedAt)
         }
-        let now = Int64(time(nil))
-        // Names this mount changed count from the overlay's times: their uploads are not changes.
-        let own = Dictionary(uniqueKeysWithValues: made.keys.map { ($0, overlay?.changes(in: $0.string) ?? [:]) })
+        let now = Self.nanosecondsNow()
+        // Names this mount changed count from the overlay's times (their uploads are not changes), and
+        // synthetic links follow the checkpoints, whose own entries count.
+        let own = Dictionary(uniqueKeysWithValues: made.keys.map { ($0, (overlay?.changes(in: $0.string) ?? [:], overlay?.changeTime(of: $0.string) ?? 0)) })
         listings.withLock { listings in
             for (directory, var listing) in made {
                 if let old = listings[directory] {
-                    let ours = own[directory] ?? [:]
-                    let same = ours.isEmpty
-                        ? old.entries == listing.entries
-                        : old.entries.filter { ours[ExactString($0.name)] == nil } == listing.entries.filter { ours[ExactString($0.name)] == nil }
-                    listing.changedAt = same ? old.changedAt : max(now, old.changedAt + 1)
+                    let (ours, shown) = own[directory] ?? ([:], 0)
+                    func counted(_ entry: DirEntry) -> Bool {
+                        if case .symlink = entry.kind { return false }
+                        return ours[ExactString(entry.name)] == nil
+                    }
+                    let same = old.entries.filter(counted) == listing.entries.filter(counted)
+                    // Later than anything the directory showed, also within one second.
+                    listing.changedAt = same ? old.changedAt : max(now, max(old.changedAt, shown) + 1)
                 }
                 made[directory] = listing
                 listings[directory] = listing
@@ -606,7 +647,7 @@ public final class Namespace: Sendable {
             // the store's listing as a refresh found it (0: the mount's start). Trainers rotate checkpoints
             // by it, so it must never make an older directory look newer. The kernel keeps a directory's
             // READDIR results until this changes.
-            let store = (listings.withLock { $0[ExactString(prefix)] }?.changedAt ?? 0) * 1_000_000_000
+            let store = listings.withLock { $0[ExactString(prefix)] }?.changedAt ?? 0
             let changed = max(store, overlay?.changeTime(of: prefix) ?? 0)
             var attributes = Attributes(ino: ino, kind: kind, size: 0, modified: changed / 1_000_000_000)
             attributes.modifiedNanoseconds = changed % 1_000_000_000

@@ -508,13 +508,17 @@ def test_rmtree_and_rm_rf_remove_jobs_with_their_latest_links(mounter, moto_clie
     for job in ("a", "b"):
         for step in (1, 2):
             moto_client.put_object(Bucket=bucket, Key=f"proj/{job}/checkpoint-{step}/w.bin", Body=b"w")
+    for job in ("c", "d"):
+        moto_client.put_object(Bucket=bucket, Key=f"proj2/{job}/checkpoint-1/w.bin", Body=b"w")
     mnt = mounter.mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint
     assert os.readlink(mnt / "proj/a/latest") == "checkpoint-2"
     shutil.rmtree(mnt / "proj/a")  # unlinking `latest` was EACCES
     result = run(["rm", "-rf", mnt / "proj/b"])
     assert result.returncode == 0, result.stderr
-    os.unlink(mnt / "proj/latest")
+    assert not os.path.lexists(mnt / "proj/latest")  # its checkpoint is gone, and it with it
     assert os.listdir(mnt / "proj") == []
+    shutil.rmtree(mnt / "proj2")  # the project's link goes with its last checkpoint, during the walk
+    assert "proj2" not in os.listdir(mnt)
     sync(ckptfs_bin, moto_env, mnt)
     assert list_keys(moto_client, bucket) == set()
 
@@ -572,20 +576,48 @@ def test_checkpoints_rotated_by_modification_time_keep_the_newest(mounter, moto_
     assert keys == {"p/run/checkpoint-3/model.safetensors"}
 
 
-def test_job_latest_follows_the_checkpoints_this_mount_saves_and_removes(mounter, moto_client, bucket):
+def test_latest_links_follow_the_checkpoints_this_mount_saves_and_removes(mounter, moto_client, bucket):
     moto_client.put_object(Bucket=bucket, Key="p/run/checkpoint-1/model.safetensors", Body=b"1")
-    job = mounter.mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint / "p/run"
+    project = mounter.mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint / "p"
+    job = project / "run"
     assert os.readlink(job / "latest") == "checkpoint-1"
+    assert os.readlink(project / "latest") == "run/checkpoint-1"
     (job / "checkpoint-2").mkdir()
     (job / "checkpoint-2/model.safetensors").write_bytes(b"2")
     assert os.readlink(job / "latest") == "checkpoint-2"
+    assert os.readlink(project / "latest") == "run/checkpoint-2"
     assert (job / "latest/model.safetensors").read_bytes() == b"2"
     assert sorted(os.listdir(job)) == ["checkpoint-1", "checkpoint-2", "latest"]
     shutil.rmtree(job / "checkpoint-2")
     assert os.readlink(job / "latest") == "checkpoint-1"
+    assert os.readlink(project / "latest") == "run/checkpoint-1"
     shutil.rmtree(job / "checkpoint-1")
     assert os.listdir(job) == []
-    new = job.parent / "new-run"
-    (new / "checkpoint-7").mkdir(parents=True)
-    assert os.readlink(new / "latest") == "checkpoint-7"
+    assert sorted(os.listdir(project)) == ["run"]
+    (project / "new-run/checkpoint-7").mkdir(parents=True)
+    assert os.readlink(project / "new-run/latest") == "checkpoint-7"
+    assert os.readlink(project / "latest") == "new-run/checkpoint-7"
+
+
+def test_a_latest_this_mount_made_can_be_unlinked_and_its_job_removed(mounter, bucket):
+    job = mounter.mount(f"s3://{bucket}").mountpoint / "p/new-run"
+    (job / "checkpoint-1").mkdir(parents=True)
+    (job / "checkpoint-1/m.bin").write_bytes(b"1")
+    assert os.readlink(job / "latest") == "checkpoint-1"
+    os.unlink(job / "latest")
+    assert os.listdir(job) == ["checkpoint-1"]  # hidden while it would point at the same checkpoint
+    (job / "checkpoint-2").mkdir()
+    assert os.readlink(job / "latest") == "checkpoint-2"  # moved: back
+    shutil.rmtree(job)
+    assert not job.exists()
+
+
+def test_an_unlinked_latest_moved_by_this_mount_stays_hidden_while_it_points_there(mounter, moto_client, bucket):
+    moto_client.put_object(Bucket=bucket, Key="p/run/checkpoint-1/m.bin", Body=b"1")
+    job = mounter.mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint / "p/run"
+    (job / "checkpoint-2").mkdir()
+    (job / "checkpoint-2/m.bin").write_bytes(b"2")
+    assert os.readlink(job / "latest") == "checkpoint-2"
+    os.unlink(job / "latest")
+    assert sorted(os.listdir(job)) == ["checkpoint-1", "checkpoint-2"]
 

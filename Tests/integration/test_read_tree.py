@@ -266,6 +266,36 @@ def test_names_that_differ_only_in_unicode_normalisation_are_two_entries(mounter
     assert os.stat(mnt / composed).st_ino != os.stat(mnt / decomposed).st_ino
 
 
+@pytest.mark.parametrize("args", [["--read-only"], []], ids=["read-only", "writable"])
+def test_ls_of_a_project_shows_the_jobs_another_client_adds_once_the_listing_expires(mounter, moto_client, args):
+    # A project is reached through the root, whose listing (by delimiter) does not refresh the project's.
+    bucket = f"fresh-{uuid.uuid4().hex[:8]}"
+    moto_client.create_bucket(Bucket=bucket)
+    moto_client.put_object(Bucket=bucket, Key="p/job/checkpoint-1/a", Body=b"x")
+    project = mounter.mount(f"s3://{bucket}", args=args + ["--metadata-ttl", "1"]).mountpoint / "p"
+    assert sorted(os.listdir(project)) == ["job", "latest"]  # the kernel now keeps this READDIR
+    moto_client.put_object(Bucket=bucket, Key="p/job2/x", Body=b"x")
+    deadline = time.monotonic() + 20
+    while "job2" not in os.listdir(project) and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling for the refresh the TTL promises, not waiting for a thread
+    assert sorted(os.listdir(project)) == ["job", "job2", "latest"]
+
+
+def test_ls_l_of_the_root_once_its_projects_listings_expired_lists_none_of_them(mounter, moto, moto_client):
+    bucket = f"fresh-{uuid.uuid4().hex[:8]}"
+    moto_client.create_bucket(Bucket=bucket)
+    for n in range(6):
+        moto_client.put_object(Bucket=bucket, Key=f"proj{n}/job/checkpoint-1/f", Body=b"x")
+    mnt = mounter.mount(f"s3://{bucket}", args=["--read-only", "--metadata-ttl", "1"]).mountpoint
+    for n in range(6):
+        os.listdir(mnt / f"proj{n}")
+    time.sleep(1.3)  # past --metadata-ttl: every listing has expired
+    mark = moto.mark()
+    assert run(["ls", "-l", mnt]).returncode == 0
+    listings = [request.target for request in moto.requests_since(mark) if request.is_listing()]
+    assert len(listings) <= 1, listings  # the root's own, not one per project
+
+
 def test_ls_shows_objects_another_client_adds_once_the_listing_expires(mounter, moto_client):
     bucket = f"fresh-{uuid.uuid4().hex[:8]}"
     moto_client.create_bucket(Bucket=bucket)
