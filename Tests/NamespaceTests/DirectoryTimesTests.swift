@@ -31,7 +31,9 @@ final class ScriptedOverlay: NamespaceOverlay, @unchecked Sendable {
 
     private func mtime(_ attributes: Attributes) -> Int64 { attributes.modified * 1_000_000_000 + attributes.modifiedNanoseconds }
 
-    @Test func anotherClientsChangeFoundInTheSecondOfOneOfOursStillMovesTheMtime() throws {
+    /// A store holding `proj/job/checkpoint-1/a`, a namespace over it (listings valid for 0.2 s) with a
+    /// scripted overlay, and the job directory's inode, listed once.
+    private func listedJob() throws -> (ScratchDirectory, ScriptedOverlay, Namespace, job: UInt64) {
         let root = ScratchDirectory()
         root.write("proj/job/checkpoint-1/a", "x")
         let overlay = ScriptedOverlay()
@@ -39,30 +41,29 @@ final class ScriptedOverlay: NamespaceOverlay, @unchecked Sendable {
         let project = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
         let job = try namespace.lookup(parent: project.ino, name: "job")
         _ = try namespace.readdirOrder(job.ino)
+        return (root, overlay, namespace, job.ino)
+    }
+
+    @Test func anotherClientsChangeFoundInTheSecondOfOneOfOursStillMovesTheMtime() throws {
+        let (root, overlay, namespace, job) = try listedJob()
         // This mount's change is later than the second the refresh below falls in would say.
         overlay.set("proj/job/", "checkpoint-2", .present(.directory(prefix: "proj/job/checkpoint-2/")), at: nanosecondsNow() + 900_000_000)
-        let before = try namespace.attributes(job.ino)
+        let before = try namespace.attributes(job)
         root.write("proj/job/other", "y")  // another client
         usleep(300_000)  // past the listing's TTL
-        #expect(try namespace.readdirOrder(job.ino).entries.map(\.name).contains("other"))
-        #expect(mtime(try namespace.attributes(job.ino)) > mtime(before))
+        #expect(try namespace.readdirOrder(job).entries.map(\.name).contains("other"))
+        #expect(mtime(try namespace.attributes(job)) > mtime(before))
     }
 
     @Test func thisMountsOwnUploadLeavesTheMtimeOfItsDirectories() throws {
-        let root = ScratchDirectory()
-        root.write("proj/job/checkpoint-1/a", "x")
-        let overlay = ScriptedOverlay()
-        let namespace = Namespace(store: LocalStore(root: root.path), configuration: .init(rootPrefix: "", metadataTTL: 0.2), overlay: overlay)
-        let project = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
-        let job = try namespace.lookup(parent: project.ino, name: "job")
-        _ = try namespace.readdirOrder(job.ino)
+        let (root, overlay, namespace, job) = try listedJob()
         let made = nanosecondsNow() - 5_000_000_000
         overlay.set("proj/job/", "checkpoint-2", .present(.directory(prefix: "proj/job/checkpoint-2/")), at: made)
         overlay.set("proj/job/checkpoint-2/", "a", .present(.file(ObjectInfo(key: "proj/job/checkpoint-2/a", size: 1, modified: 0, etag: "e"))), at: made)
-        let before = try namespace.attributes(job.ino)
+        let before = try namespace.attributes(job)
         root.write("proj/job/checkpoint-2/a", "x")  // this mount's upload lands (and the store's `latest` moves)
         usleep(300_000)  // past the listing's TTL
-        _ = try namespace.readdirOrder(job.ino)
-        #expect(mtime(try namespace.attributes(job.ino)) == mtime(before))
+        _ = try namespace.readdirOrder(job)
+        #expect(mtime(try namespace.attributes(job)) == mtime(before))
     }
 }

@@ -266,26 +266,35 @@ def test_names_that_differ_only_in_unicode_normalisation_are_two_entries(mounter
     assert os.stat(mnt / composed).st_ino != os.stat(mnt / decomposed).st_ino
 
 
+def fresh_bucket(client, keys) -> str:
+    """A new bucket holding `keys` (each with a one-byte body)."""
+    bucket = f"fresh-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    return bucket
+
+
+def listed_once_refreshed(directory, name) -> list[str]:
+    """The directory's entries once `name` shows in them (at most 20 s: the TTL's refresh), sorted."""
+    deadline = time.monotonic() + 20
+    while name not in os.listdir(directory) and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling for the refresh the TTL promises, not waiting for a thread
+    return sorted(os.listdir(directory))
+
+
 @pytest.mark.parametrize("args", [["--read-only"], []], ids=["read-only", "writable"])
 def test_ls_of_a_project_shows_the_jobs_another_client_adds_once_the_listing_expires(mounter, moto_client, args):
     # A project is reached through the root, whose listing (by delimiter) does not refresh the project's.
-    bucket = f"fresh-{uuid.uuid4().hex[:8]}"
-    moto_client.create_bucket(Bucket=bucket)
-    moto_client.put_object(Bucket=bucket, Key="p/job/checkpoint-1/a", Body=b"x")
+    bucket = fresh_bucket(moto_client, ["p/job/checkpoint-1/a"])
     project = mounter.mount(f"s3://{bucket}", args=args + ["--metadata-ttl", "1"]).mountpoint / "p"
     assert sorted(os.listdir(project)) == ["job", "latest"]  # the kernel now keeps this READDIR
     moto_client.put_object(Bucket=bucket, Key="p/job2/x", Body=b"x")
-    deadline = time.monotonic() + 20
-    while "job2" not in os.listdir(project) and time.monotonic() < deadline:
-        time.sleep(0.2)  # polling for the refresh the TTL promises, not waiting for a thread
-    assert sorted(os.listdir(project)) == ["job", "job2", "latest"]
+    assert listed_once_refreshed(project, "job2") == ["job", "job2", "latest"]
 
 
 def test_ls_l_of_the_root_once_its_projects_listings_expired_lists_none_of_them(mounter, moto, moto_client):
-    bucket = f"fresh-{uuid.uuid4().hex[:8]}"
-    moto_client.create_bucket(Bucket=bucket)
-    for n in range(6):
-        moto_client.put_object(Bucket=bucket, Key=f"proj{n}/job/checkpoint-1/f", Body=b"x")
+    bucket = fresh_bucket(moto_client, [f"proj{n}/job/checkpoint-1/f" for n in range(6)])
     mnt = mounter.mount(f"s3://{bucket}", args=["--read-only", "--metadata-ttl", "1"]).mountpoint
     for n in range(6):
         os.listdir(mnt / f"proj{n}")
@@ -297,15 +306,10 @@ def test_ls_l_of_the_root_once_its_projects_listings_expired_lists_none_of_them(
 
 
 def test_ls_shows_objects_another_client_adds_once_the_listing_expires(mounter, moto_client):
-    bucket = f"fresh-{uuid.uuid4().hex[:8]}"
-    moto_client.create_bucket(Bucket=bucket)
-    moto_client.put_object(Bucket=bucket, Key="p/j/checkpoint-1/a.bin", Body=b"1")
+    bucket = fresh_bucket(moto_client, ["p/j/checkpoint-1/a.bin"])
     root = mounter.mount(f"s3://{bucket}", args=["--read-only", "--metadata-ttl", "1"]).mountpoint
     job = root / "p/j"
     assert sorted(os.listdir(job)) == ["checkpoint-1", "latest"]  # the kernel now caches this listing
     moto_client.put_object(Bucket=bucket, Key="p/j/checkpoint-2/a.bin", Body=b"2")
-    deadline = time.monotonic() + 20
-    while "checkpoint-2" not in os.listdir(job) and time.monotonic() < deadline:
-        time.sleep(0.2)  # polling for the refresh the TTL promises, not waiting for a thread
-    assert sorted(os.listdir(job)) == ["checkpoint-1", "checkpoint-2", "latest"]
+    assert listed_once_refreshed(job, "checkpoint-2") == ["checkpoint-1", "checkpoint-2", "latest"]
     assert os.readlink(job / "latest") == "checkpoint-2"
