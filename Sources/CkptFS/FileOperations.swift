@@ -590,7 +590,7 @@ extension FileSystem {
         guard let kind = try namespaceCall({ () throws(NamespaceError) in try namespace.kind(parent: parent, name: name) }) else {
             // A `latest` that went with the last checkpoint this mount removed a moment ago (`rm -rf` of a job
             // or project lists it, then removes the checkpoints first): gone already, as the caller wants.
-            guard name == "latest", !overlay.changes(in: parentPrefix).isEmpty else { throw FileError(ENOENT) }
+            guard name == "latest", overlay.changeTime(of: parentPrefix) != nil else { throw FileError(ENOENT) }
             return
         }
         let kept = content(of: kind)

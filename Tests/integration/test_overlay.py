@@ -599,10 +599,13 @@ def test_latest_links_follow_the_checkpoints_this_mount_saves_and_removes(mounte
     assert os.readlink(project / "latest") == "new-run/checkpoint-7"
 
 
-def test_a_latest_this_mount_made_can_be_unlinked_and_its_job_removed(mounter, bucket):
+@pytest.mark.parametrize("written", [True, False], ids=["with-a-file", "empty"])
+def test_a_latest_this_mount_made_can_be_unlinked_and_its_job_removed(mounter, bucket, written):
+    # Empty checkpoints are never uploaded: removing them leaves nothing of them in the overlay.
     job = mounter.mount(f"s3://{bucket}").mountpoint / "p/new-run"
     (job / "checkpoint-1").mkdir(parents=True)
-    (job / "checkpoint-1/m.bin").write_bytes(b"1")
+    if written:
+        (job / "checkpoint-1/m.bin").write_bytes(b"1")
     assert os.readlink(job / "latest") == "checkpoint-1"
     os.unlink(job / "latest")
     assert os.listdir(job) == ["checkpoint-1"]  # hidden while it would point at the same checkpoint
