@@ -161,7 +161,14 @@ def test_a_descriptor_of_an_older_version_leaves_the_current_ones_their_bytes(
     old = os.open(path, os.O_RDONLY)
     try:
         sync(ckptfs_bin, moto_env, path)
-        with open(path, "r+b") as rewrite:  # the same file rewritten in place: a new version
+        try:
+            rewrite = open(path, "r+b")  # the same file rewritten in place: a new version
+        except OSError as error:
+            # With passthrough the kernel may serve the old descriptor from its version's staged file (when
+            # it opened before the writer's release arrived): then no new version while it is open.
+            assert args == [] and error.errno == errno.EBUSY
+            return
+        with rewrite:
             rewrite.truncate(0)
             rewrite.write(b"B" * 8192)
         current = os.open(path, os.O_RDWR)
