@@ -1,3 +1,4 @@
+import Glibc
 import ObjectStore
 
 /// What a name in the tree stands for.
@@ -72,4 +73,14 @@ public enum NamespaceError: Error, Sendable, Equatable {
     /// A name longer than `NameRules.maxNameBytes` (no file can have it).
     case nameTooLong
     case store(StoreError)
+}
+
+/// The wall clock as directory modification times use it.
+public enum WallClock {
+    /// Nanoseconds since the epoch.
+    public static func nanoseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
 }

@@ -522,7 +522,6 @@ public final class Namespace: Sendable {
         return try result.get()
     }
 
-    /// Whether `listing` is younger than `--metadata-ttl` at monotonic time `now`.
     /// Whether directory `prefix` was listed and that listing has expired: the kernel should then drop
     /// the READDIR results it keeps of it, so the next `ls` lists it again.
     public func listingExpired(_ prefix: String) -> Bool {
@@ -530,12 +529,7 @@ public final class Namespace: Sendable {
         return !isFresh(listing, now: Self.monotonicSeconds())
     }
 
-    private static func nanosecondsNow() -> Int64 {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
-    }
-
+    /// Whether `listing` is younger than `--metadata-ttl` at monotonic time `now`.
     private func isFresh(_ listing: Listing, now: Double) -> Bool {
         now - listing.fetchedAt < configuration.metadataTTL
     }
@@ -561,7 +555,7 @@ public final class Namespace: Sendable {
             }.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
             made[directory] = Listing(sorted, fetchedAt: fetchedAt)
         }
-        let now = Self.nanosecondsNow()
+        let now = WallClock.nanoseconds()
         // Names this mount changed count from the overlay's times (their uploads are not changes), and
         // synthetic links follow the checkpoints, whose own entries count.
         let own = Dictionary(uniqueKeysWithValues: made.keys.map { ($0, (overlay?.changes(in: $0.string) ?? [:], overlay?.changeTime(of: $0.string) ?? 0)) })

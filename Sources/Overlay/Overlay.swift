@@ -1055,15 +1055,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         if let change { tree[parent, default: [:]][name] = change } else { tree[parent]?.removeValue(forKey: name) }
         func shown(_ change: OverlayChange?) -> Bool { if case .present = change { true } else { false } }
         guard was != change, !(shown(was) && shown(change)) else { return }
-        let now = Self.nanosecondsNow()
+        let now = WallClock.nanoseconds()
         directoryChanged[parent] = now
         if case .present(.directory(let prefix)) = change, !shown(was) { directoryChanged[ExactString(prefix)] = now }
-    }
-
-    private static func nanosecondsNow() -> Int64 {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
     }
 
     /// Records the directories above `key` as written. Call with the monitor held.

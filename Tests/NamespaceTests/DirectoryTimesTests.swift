@@ -23,12 +23,6 @@ final class ScriptedOverlay: NamespaceOverlay, @unchecked Sendable {
 }
 
 @Suite struct DirectoryTimesTests {
-    private func nanosecondsNow() -> Int64 {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
-    }
-
     private func mtime(_ attributes: Attributes) -> Int64 { attributes.modified * 1_000_000_000 + attributes.modifiedNanoseconds }
 
     /// A store holding `proj/job/checkpoint-1/a`, a namespace over it (listings valid for 0.2 s) with a
@@ -47,7 +41,7 @@ final class ScriptedOverlay: NamespaceOverlay, @unchecked Sendable {
     @Test func anotherClientsChangeFoundInTheSecondOfOneOfOursStillMovesTheMtime() throws {
         let (root, overlay, namespace, job) = try listedJob()
         // This mount's change is later than the second the refresh below falls in would say.
-        overlay.set("proj/job/", "checkpoint-2", .present(.directory(prefix: "proj/job/checkpoint-2/")), at: nanosecondsNow() + 900_000_000)
+        overlay.set("proj/job/", "checkpoint-2", .present(.directory(prefix: "proj/job/checkpoint-2/")), at: WallClock.nanoseconds() + 900_000_000)
         let before = try namespace.attributes(job)
         root.write("proj/job/other", "y")  // another client
         usleep(300_000)  // past the listing's TTL
@@ -57,7 +51,7 @@ final class ScriptedOverlay: NamespaceOverlay, @unchecked Sendable {
 
     @Test func thisMountsOwnUploadLeavesTheMtimeOfItsDirectories() throws {
         let (root, overlay, namespace, job) = try listedJob()
-        let made = nanosecondsNow() - 5_000_000_000
+        let made = WallClock.nanoseconds() - 5_000_000_000
         overlay.set("proj/job/", "checkpoint-2", .present(.directory(prefix: "proj/job/checkpoint-2/")), at: made)
         overlay.set("proj/job/checkpoint-2/", "a", .present(.file(ObjectInfo(key: "proj/job/checkpoint-2/a", size: 1, modified: 0, etag: "e"))), at: made)
         let before = try namespace.attributes(job)
