@@ -7,11 +7,15 @@ import Glibc
 /// target (named `.ckptfs-put-…`; a crash can leave one behind, and listings show it while it exists), flushes
 /// it and renames it into place, so readers see the old object or the new one, never a mix.
 extension LocalStore {
-    public func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+    /// One rename into place, however large: a local directory has no multipart uploads to log.
+    public func put(key: String, fd: Int32, size: Int64, options: UploadOptions, multipart: MultipartLog?) throws(StoreError) -> String {
         let (parent, name) = try openParent(ofKey: key, create: true)
         defer { close(parent) }
         return try store(key: key, from: fd, size: size, as: name, in: parent)
     }
+
+    /// A local directory starts no multipart uploads, so there is never one to abort.
+    public func abortUpload(key: String, uploadID: String) throws(StoreError) {}
 
     /// Deletes the file `key`; a key ending in `/` is a directory's marker: the directory goes if it is empty
     /// (else it stays, holding what is not an object, as links do).

@@ -66,8 +66,13 @@ public protocol ObjectStore: Sendable {
     /// any object there, and returns the new object's ETag. Large files go up as a multipart upload of
     /// `options.partSize`-byte parts (grown so no upload needs more than 10,000 parts), `options.parallelism`
     /// parts at a time; a failed multipart upload is aborted. Every request carries an integrity check the
-    /// server verifies (Content-MD5).
-    func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String
+    /// server verifies (Content-MD5). `multipart`, if given, is told of every multipart upload it
+    /// starts and ends, so that the caller can record them where a crash leaves them (`abortUpload`).
+    func put(key: String, fd: Int32, size: Int64, options: UploadOptions, multipart: MultipartLog?) throws(StoreError) -> String
+
+    /// Aborts the multipart upload `uploadID` of `key`, deleting its parts; an upload that is gone
+    /// (completed or aborted before) counts as aborted.
+    func abortUpload(key: String, uploadID: String) throws(StoreError)
 
     /// Deletes `key`; deleting a missing key succeeds.
     func delete(key: String) throws(StoreError)
@@ -103,8 +108,32 @@ public struct UploadOptions: Sendable {
     }
 }
 
+/// What `ObjectStore.put` reports of the multipart uploads it makes. An upload interrupted by a crash
+/// keeps its parts in the bucket, unlisted but stored (and billed), until it is aborted: a caller that
+/// records each one durably between `started` and `ended` can abort those a crash left.
+public struct MultipartLog: Sendable {
+    /// Called after CreateMultipartUpload, before the first part is sent; an error from it aborts the
+    /// upload and fails the put.
+    public var started: @Sendable (_ uploadID: String) throws(StoreError) -> Void
+    /// Called once the upload is completed or aborted: none of its parts is left in the bucket.
+    public var ended: @Sendable (_ uploadID: String) -> Void
+
+    public init(
+        started: @escaping @Sendable (_ uploadID: String) throws(StoreError) -> Void,
+        ended: @escaping @Sendable (_ uploadID: String) -> Void
+    ) {
+        self.started = started
+        self.ended = ended
+    }
+}
+
 extension ObjectStore {
     public var copyLimit: Int64 { .max }
+
+    /// `put` with no one to tell about multipart uploads.
+    public func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+        try put(key: key, fd: fd, size: size, options: options, multipart: nil)
+    }
 
     /// Lists every page for `prefix` and `delimiter`.
     public func listAll(prefix: String, delimiter: String?, limit: Int = .max) throws(StoreError) -> ListPage {

@@ -12,11 +12,11 @@ extension S3Store {
     /// The smallest part S3 accepts, for every part but the last.
     static let minimumPartSize: Int64 = 5 << 20
 
-    public func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+    public func put(key: String, fd: Int32, size: Int64, options: UploadOptions, multipart log: MultipartLog?) throws(StoreError) -> String {
         guard size > min(options.singlePutLimit, Self.singleRequestLimit) else {
             return try putObject(key: key, fd: fd, size: size, contentMD5: ContentMD5.of(fd: fd, range: 0..<size))
         }
-        return try putMultipart(key: key, fd: fd, size: size, options: options)
+        return try putMultipart(key: key, fd: fd, size: size, options: options, log: log)
     }
 
     public func delete(key: String) throws(StoreError) {
@@ -66,19 +66,27 @@ extension S3Store {
 
     // MARK: Multipart
 
-    private func putMultipart(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+    private func putMultipart(key: String, fd: Int32, size: Int64, options: UploadOptions, log: MultipartLog?) throws(StoreError) -> String {
         let partSize = options.effectivePartSize(for: size)
         guard partSize >= Self.minimumPartSize else {
             throw .invalidConfiguration("part size \(partSize) is below the 5 MiB minimum of S3 multipart uploads")
         }
         let uploadID = try createMultipartUpload(key: key)
         do {
+            try log?.started(uploadID)
             let etags = try uploadParts(
                 Self.partRanges(size: size, partSize: partSize), key: key, fd: fd, uploadID: uploadID,
                 parallelism: options.parallelism)
-            return try completeMultipartUpload(key: key, uploadID: uploadID, etags: etags)
+            let etag = try completeMultipartUpload(key: key, uploadID: uploadID, etags: etags)
+            log?.ended(uploadID)
+            return etag
         } catch {
-            abortMultipartUpload(key: key, uploadID: uploadID)
+            do {
+                try abortUpload(key: key, uploadID: uploadID)
+                log?.ended(uploadID)
+            } catch let abortError {
+                logger.warning("could not abort a failed multipart upload", metadata: ["key": "\(key)", "error": "\(abortError)"])
+            }
             throw error
         }
     }
@@ -166,14 +174,13 @@ extension S3Store {
         return "\(hex)-\(parts.count)"
     }
 
-    /// Best effort: an upload left behind only costs storage until a lifecycle rule removes it.
-    private func abortMultipartUpload(key: String, uploadID: String) {
+    public func abortUpload(key: String, uploadID: String) throws(StoreError) {
         do {
             _ = try request(
                 method: "DELETE", key: key, query: [("uploadId", uploadID)], operation: "AbortMultipartUpload",
                 retry: configuration.retry)
         } catch {
-            logger.warning("could not abort a failed multipart upload", metadata: ["key": "\(key)", "error": "\(error)"])
+            guard case .notFound = error else { throw error }
         }
     }
 

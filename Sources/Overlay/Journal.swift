@@ -13,7 +13,8 @@ import ObjectStore
 /// and this `ContentChecksum`, or `-` when it is not computed yet, as KEY), `checksum ID CHECKSUM` (the
 /// checksum of put ID, computed after its close), `done ID` (upload or operation ID finished),
 /// `cancel ID` (put ID will not run: its file is being written again),
-/// `delete ID KEY`, `copy ID SOURCE DESTINATION`.
+/// `delete ID KEY`, `copy ID SOURCE DESTINATION`, `multipart ID KEY UPLOADID` (a put started the multipart
+/// upload UPLOADID of KEY, whose parts stay in the bucket until it is completed or aborted: `done ID`).
 final class Journal: @unchecked Sendable {
     enum Record: Equatable {
         case boot(String)
@@ -23,6 +24,7 @@ final class Journal: @unchecked Sendable {
         case checksum(id: UInt64, checksum: UInt64)
         case delete(id: UInt64, key: String)
         case copy(id: UInt64, source: String, destination: String)
+        case multipart(id: UInt64, key: String, uploadID: String)
         case done(UInt64)
         case cancelled(UInt64)
     }
@@ -114,6 +116,7 @@ final class Journal: @unchecked Sendable {
         case .checksum(let id, let checksum): return "checksum\t\(id)\t\(checksum)\n"
         case .delete(let id, let key): return "delete\t\(id)\t\(k(key))\n"
         case .copy(let id, let source, let destination): return "copy\t\(id)\t\(k(source))\t\(k(destination))\n"
+        case .multipart(let id, let key, let uploadID): return "multipart\t\(id)\t\(k(key))\t\(k(uploadID))\n"
         case .done(let id): return "done\t\(id)\n"
         case .cancelled(let id): return "cancel\t\(id)\n"
         }
@@ -143,6 +146,9 @@ final class Journal: @unchecked Sendable {
         case ("copy", 4):
             guard let id = UInt64(fields[1]), let source = key(2), let destination = key(3) else { return nil }
             return .copy(id: id, source: source, destination: destination)
+        case ("multipart", 4):
+            guard let id = UInt64(fields[1]), let k = key(2), let uploadID = key(3) else { return nil }
+            return .multipart(id: id, key: k, uploadID: uploadID)
         case ("done", 2): return UInt64(fields[1]).map(Record.done)
         case ("cancel", 2): return UInt64(fields[1]).map(Record.cancelled)
         default: return nil

@@ -40,6 +40,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             case put(StagedFile, key: String, size: Int64)
             case delete(String)
             case copy(String, String)
+            /// Abort a multipart upload (key, upload id) that a put left open: a crash interrupted it, or
+            /// its own abort failed. It changes no object, so it waits for nothing and nothing waits for it.
+            case abort(String, uploadID: String)
         }
         let id: UInt64
         let kind: Kind
@@ -73,7 +76,14 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             case .put(_, let key, _): return [ExactString(key)]
             case .delete(let key): return [ExactString(key)]
             case .copy(let source, let destination): return [ExactString(source), ExactString(destination)]
+            case .abort: return []
             }
+        }
+
+        /// What `status` calls it: its keys, or the key of an upload to abort.
+        var label: String {
+            if case .abort(let key, _) = kind { return "\(key) (abort of an unfinished multipart upload)" }
+            return keys.map(\.string).joined(separator: " -> ")
         }
     }
 
@@ -734,7 +744,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             }
             status.inFlight = running.count
             for operation in pending + running.values {
-                if let error = operation.lastError { status.failing.append((operation.keys.map(\.string).joined(separator: " -> "), error)) }
+                if let error = operation.lastError { status.failing.append((operation.label, error)) }
             }
             status.stagedFiles = staged.count
             status.stagedBytes = staged.values.reduce(0) { $0 + $1.size }
@@ -803,9 +813,14 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         do throws(StoreError) {
             switch operation.kind {
             case .put(let file, let key, let size):
-                let etag = try store.put(key: key, fd: file.file.fd, size: size, options: configuration.upload)
+                let open = OpenUploads()
+                defer { abortLater(open.remaining, of: key) }
+                let etag = try store.put(
+                    key: key, fd: file.file.fd, size: size, options: configuration.upload, multipart: multipartLog(of: key, into: open))
                 finishUpload(file, id: operation.id, info: ObjectInfo(key: key, size: size, modified: file.modified, etag: etag))
                 return nil
+            case .abort(let key, let uploadID):
+                try store.abortUpload(key: key, uploadID: uploadID)
             case .delete(let key):
                 do throws(StoreError) {
                     try store.delete(key: key)
@@ -858,6 +873,37 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
     }
 
+    /// Journals every multipart upload of `key` that a put starts before its first part goes up, and its
+    /// end: one a crash interrupts is aborted by the next mount, not left in the bucket with its parts.
+    private func multipartLog(of key: String, into open: OpenUploads) -> MultipartLog {
+        MultipartLog(
+            started: { [self] uploadID throws(StoreError) in
+                let id = monitor.withLock { () -> UInt64 in
+                    defer { nextID += 1 }
+                    return nextID
+                }
+                do throws(OverlayError) {
+                    try journal.append([.multipart(id: id, key: key, uploadID: uploadID)])
+                } catch {
+                    throw .io(path: journal.path, errno: error.errno)
+                }
+                open.add(uploadID, id: id)
+            },
+            ended: { [self] uploadID in
+                // Unjournaled, the next mount aborts it again, which finds it gone: harmless.
+                if let id = open.remove(uploadID) { try? journal.append([.done(id)]) }
+            })
+    }
+
+    /// Queues the abort of multipart uploads a put left open (its own abort failed).
+    private func abortLater(_ uploads: [(uploadID: String, id: UInt64)], of key: String) {
+        guard !uploads.isEmpty else { return }
+        monitor.withLock {
+            for upload in uploads { pending.append(Operation(id: upload.id, kind: .abort(key, uploadID: upload.uploadID))) }
+        }
+        monitor.broadcast()
+    }
+
     /// Whether `info` is the object an upload of `file` made (the same bytes).
     public func isUpload(_ info: ObjectInfo, of file: StagedFile) -> Bool {
         monitor.withLock { file.uploadedETag == info.etag }
@@ -906,6 +952,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             case .checksum(let id, let checksum): puts[id]?.checksum = checksum
             case .delete(let id, let key): others.append((id, .delete(key)))
             case .copy(let id, let source, let destination): others.append((id, .copy(source, destination)))
+            case .multipart(let id, let key, let uploadID): others.append((id, .abort(key, uploadID: uploadID)))
             case .done(let id): done.insert(id)
             case .cancelled(let id):
                 done.insert(id)
@@ -929,7 +976,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             switch kind {
             case .delete(let key): lastDelete[ExactString(key)] = max(lastDelete[ExactString(key)] ?? 0, id)
             case .copy(let source, _): lastCopyFrom[ExactString(source)] = max(lastCopyFrom[ExactString(source)] ?? 0, id)
-            case .put: break
+            case .put, .abort: break
             }
         }
         for (id, put) in puts where !done.contains(id) {
@@ -972,6 +1019,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             switch kind {
             case .delete(let key): rewritten.append(.delete(id: id, key: key))
             case .copy(let source, let destination): rewritten.append(.copy(id: id, source: source, destination: destination))
+            case .abort(let key, let uploadID): rewritten.append(.multipart(id: id, key: key, uploadID: uploadID))
             case .put: break
             }
         }
@@ -1022,6 +1070,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 insertLocked(destination, .present(.file(info)))
                 copiedTo[ExactString(destination)] = operation.id
             }
+        case .abort:
+            break
         }
     }
 
@@ -1119,7 +1169,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private static func largestID(in record: Journal.Record) -> UInt64 {
         switch record {
         case .put(let id, let file, _, _, _): return max(id, file)
-        case .delete(let id, _), .copy(let id, _, _), .done(let id), .cancelled(let id), .checksum(let id, _): return id
+        case .delete(let id, _), .copy(let id, _, _), .multipart(let id, _, _), .done(let id), .cancelled(let id), .checksum(let id, _):
+            return id
         case .boot, .written, .forgot: return 0
         }
     }

@@ -55,9 +55,11 @@ final class CountingStore: ObjectStore {
 
     func checkAccess(prefix: String) throws(StoreError) {}
 
-    func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+    func put(key: String, fd: Int32, size: Int64, options: UploadOptions, multipart: MultipartLog?) throws(StoreError) -> String {
         throw .invalidConfiguration("CountingStore is read-only")
     }
+
+    func abortUpload(key: String, uploadID: String) throws(StoreError) {}
 
     func delete(key: String) throws(StoreError) {
         throw .invalidConfiguration("CountingStore is read-only")

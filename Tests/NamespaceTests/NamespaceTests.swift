@@ -112,9 +112,11 @@ final class HeldListingStore: ObjectStore {
 
     func checkAccess(prefix: String) throws(StoreError) { try inner.checkAccess(prefix: prefix) }
 
-    func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+    func put(key: String, fd: Int32, size: Int64, options: UploadOptions, multipart: MultipartLog?) throws(StoreError) -> String {
         try inner.put(key: key, fd: fd, size: size, options: options)
     }
+
+    func abortUpload(key: String, uploadID: String) throws(StoreError) { try inner.abortUpload(key: key, uploadID: uploadID) }
 
     func delete(key: String) throws(StoreError) { try inner.delete(key: key) }
 

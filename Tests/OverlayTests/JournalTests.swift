@@ -12,6 +12,7 @@ import TestSupport
             .written("p/a b\tc\nd+é.bin"), .put(id: 7, file: 3, size: 12, checksum: UInt64.max, key: "p/a b\tc\nd+é.bin"),
             .put(id: 10, file: 4, size: 0, checksum: nil, key: "z"), .checksum(id: 10, checksum: 0), .cancelled(10),
             .copy(id: 8, source: "x/1", destination: "y/2"), .delete(id: 9, key: "x/1"), .done(7), .forgot("q"),
+            .multipart(id: 11, key: "p/a b\tc", uploadID: "2~Zx+y/=\tq"),
         ]
         let journal = try Journal(path: path)
         try journal.append(records)

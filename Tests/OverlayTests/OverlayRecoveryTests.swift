@@ -17,6 +17,7 @@ extension EmptyStore {
         throw .notFound(key)
     }
     func checkAccess(prefix: String) throws(StoreError) {}
+    func abortUpload(key: String, uploadID: String) throws(StoreError) {}
 }
 
 /// A store that passes everything on to a local bucket; a test's store replaces what it watches or breaks.
@@ -34,7 +35,8 @@ extension LocalBucketStore {
         try bucket.get(key: key, range: range, etag: etag, sink: sink)
     }
     func checkAccess(prefix: String) throws(StoreError) {}
-    func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+    func abortUpload(key: String, uploadID: String) throws(StoreError) {}
+    func put(key: String, fd: Int32, size: Int64, options: UploadOptions, multipart: MultipartLog?) throws(StoreError) -> String {
         try bucket.put(key: key, fd: fd, size: size, options: options)
     }
     func delete(key: String) throws(StoreError) { try bucket.delete(key: key) }
@@ -45,7 +47,7 @@ extension LocalBucketStore {
     /// A store whose writes fail, standing in for a server that is down.
     final class UnreachableStore: EmptyStore {
         let identity = "down"
-        func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+        func put(key: String, fd: Int32, size: Int64, options: UploadOptions, multipart: MultipartLog?) throws(StoreError) -> String {
             throw .transport(operation: "PutObject", detail: "down")
         }
         func delete(key: String) throws(StoreError) { throw .transport(operation: "DeleteObject", detail: "down") }
@@ -59,7 +61,7 @@ extension LocalBucketStore {
         let identity = "gated"
         let started = DispatchSemaphore(value: 0)
         let proceed = DispatchSemaphore(value: 0)
-        func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+        func put(key: String, fd: Int32, size: Int64, options: UploadOptions, multipart: MultipartLog?) throws(StoreError) -> String {
             started.signal()
             proceed.wait()
             return "etag"
@@ -283,7 +285,7 @@ extension LocalBucketStore {
         let bucket: LocalStore
         let puts = Mutex<[String]>([])
         init(root: String) { bucket = LocalStore(root: root) }
-        func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String {
+        func put(key: String, fd: Int32, size: Int64, options: UploadOptions, multipart: MultipartLog?) throws(StoreError) -> String {
             puts.withLock { $0.append(key) }
             return try bucket.put(key: key, fd: fd, size: size, options: options)
         }

@@ -8,7 +8,7 @@ import TestSupport
     /// A store that accepts everything, for tests that never upload.
     final class NullStore: EmptyStore {
         let identity = "null"
-        func put(key: String, fd: Int32, size: Int64, options: UploadOptions) throws(StoreError) -> String { "etag" }
+        func put(key: String, fd: Int32, size: Int64, options: UploadOptions, multipart: MultipartLog?) throws(StoreError) -> String { "etag" }
         func delete(key: String) throws(StoreError) {}
         func copy(from source: String, to destination: String) throws(StoreError) -> String { "etag" }
     }
