@@ -357,10 +357,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// A new, empty file in the staging directory for `key`, open for writing (one writer), not yet the
     /// key's staged version (see `publish`).
     private func makeFile(_ key: String) throws(OverlayError) -> StagedFile {
-        let id = monitor.withLock { () -> UInt64 in
-            defer { nextID += 1 }
-            return nextID
-        }
+        let id = monitor.withLock { takeIDLocked() }
         let path = "\(filesDirectory)/\(id)"
         let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw OverlayError(path: path, errno: errno) }
@@ -454,8 +451,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             guard file.writers == writers, file.generation == generation, staged[ExactString(file.key)] === file,
                 file.changes.load(ordering: .acquiring) == changes
             else { return false }
-            let id = nextID
-            nextID += 1
+            let id = takeIDLocked()
             // An older queued upload of the same file is superseded by this one.
             let superseded = pending.filter { $0.uploads(file) }
             try journal.append(superseded.map { .done($0.id) } + [.put(id: id, file: file.id, size: size, checksum: checksum, key: file.key)])
@@ -571,8 +567,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             if existsRemotely || directoriesWritten.contains(directory) || pending.contains(where: { $0.touches(below: directory) })
                 || running.values.contains(where: { $0.touches(below: directory) })
             {
-                let id = nextID
-                nextID += 1
+                let id = takeIDLocked()
                 try journal.append([.delete(id: id, key: prefix)])
                 pending.append(Operation(id: id, kind: .delete(prefix)))
             }
@@ -590,8 +585,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// so no upload can start in between.
     public func unlink(_ key: String, existsRemotely: Bool) throws(OverlayError) {
         try monitor.withLock { () throws(OverlayError) in
-            let id = nextID
-            nextID += 1
+            let id = takeIDLocked()
             let exact = ExactString(key)
             let inStore = existsRemotely || uploadedKeys.contains(exact) || running.values.contains { $0.keys.contains(exact) }
             // In an order whose every prefix a crash may leave is safe: the delete first (it supersedes a
@@ -878,10 +872,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private func multipartLog(of key: String, into open: OpenUploads) -> MultipartLog {
         MultipartLog(
             started: { [self] uploadID throws(StoreError) in
-                let id = monitor.withLock { () -> UInt64 in
-                    defer { nextID += 1 }
-                    return nextID
-                }
+                let id = monitor.withLock { takeIDLocked() }
                 do throws(OverlayError) {
                     try journal.append([.multipart(id: id, key: key, uploadID: uploadID)])
                 } catch {
@@ -1083,6 +1074,12 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         var info = stat()
         guard fstat(fd, &info) == 0, Int64(info.st_size) == size else { return false }
         return checksum.map { ContentChecksum.of(fd: fd, size: size) == $0 } ?? true
+    }
+
+    /// A new operation (or staged file) id. Call with the monitor held.
+    private func takeIDLocked() -> UInt64 {
+        defer { nextID += 1 }
+        return nextID
     }
 
     /// Records `change` for `key` and makes its ancestor directories visible. Call with the monitor held.

@@ -75,19 +75,9 @@ import TestSupport
             try stage("ckpt/model.bin", "weights", in: overlay)
             crashing.started.wait()
         }
-        let next = MultipartStore(root: bucket.path, behaviour: .complete)
-        let recovered = try Overlay(store: next, configuration: configuration)
-        #expect(recovered.sync(prefix: "").isEmpty)
-        #expect(recovered.drain(timeout: 30) == 0)
-        #expect(next.aborted.withLock { $0 } == ["ckpt/model.bin u1"])
+        #expect(try abortsOfTheNextMount(configuration, bucket: bucket.path) == ["ckpt/model.bin u1"])
         #expect(try LocalStore(root: bucket.path).head(key: "ckpt/model.bin").size == 7)
-        recovered.stagingLock.release()
-
-        let third = MultipartStore(root: bucket.path, behaviour: .complete)
-        let again = try Overlay(store: third, configuration: configuration)
-        defer { again.stagingLock.release() }
-        #expect(again.drain(timeout: 30) == 0)
-        #expect(third.aborted.withLock { $0 }.isEmpty, "aborted again: the first abort was not journaled")
+        #expect(try abortsOfTheNextMount(configuration, bucket: bucket.path).isEmpty, "aborted again: the first abort was not journaled")
     }
 
     @Test func anUploadWhoseOwnAbortFailedIsAbortedFromTheQueue() throws {
@@ -102,11 +92,17 @@ import TestSupport
         #expect(store.aborted.withLock { $0 } == ["ckpt/model.bin u1"])
         #expect(try LocalStore(root: bucket.path).head(key: "ckpt/model.bin").size == 7)
         overlay.stagingLock.release()
+        #expect(try abortsOfTheNextMount(configuration, bucket: bucket.path).isEmpty)
+    }
 
-        let next = MultipartStore(root: bucket.path, behaviour: .complete)
-        let recovered = try Overlay(store: next, configuration: configuration)
-        defer { recovered.stagingLock.release() }
-        #expect(recovered.drain(timeout: 30) == 0)
-        #expect(next.aborted.withLock { $0 }.isEmpty)
+    /// Mounts again on `configuration` with a store that completes every upload, waits until its queue
+    /// is empty, and returns the aborts it made.
+    private func abortsOfTheNextMount(_ configuration: Overlay.Configuration, bucket: String) throws -> [String] {
+        let store = MultipartStore(root: bucket, behaviour: .complete)
+        let overlay = try Overlay(store: store, configuration: configuration)
+        defer { overlay.stagingLock.release() }
+        #expect(overlay.sync(prefix: "").isEmpty)
+        #expect(overlay.drain(timeout: 30) == 0)
+        return store.aborted.withLock { $0 }
     }
 }
