@@ -169,6 +169,17 @@ def force_unmount(mountpoint: Path, *, kill_daemon: bool) -> list[int]:
     return killed
 
 
+def kill_daemon(mountpoint: Path) -> None:
+    """Crash the daemon of `mountpoint` (SIGKILL, as a power cut would stop it), wait until it is gone,
+    and detach what is left of the mount."""
+    pids = pids_with_argument(str(mountpoint))
+    assert pids, "daemon not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert not wait_until_gone(pids, timeout=10)
+    force_unmount(mountpoint, kill_daemon=False)
+
+
 def abort_all_mounts() -> None:
     """Watchdog action: unblock a test stuck inside a FUSE call by killing every daemon we started."""
     for mountpoint in list(LIVE_MOUNTPOINTS):

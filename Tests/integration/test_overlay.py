@@ -6,7 +6,6 @@ import errno
 import hashlib
 import os
 import shutil
-import signal
 import stat
 import time
 import uuid
@@ -19,7 +18,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from safetensors.numpy import load_file, save_file
 
 from support import (
-    MOTO_ACCESS_KEY, MOTO_SECRET_KEY, MotoServer, Mounter, force_unmount, free_port, list_keys,
+    MOTO_ACCESS_KEY, MOTO_SECRET_KEY, MotoServer, Mounter, free_port, kill_daemon, list_keys,
     pids_with_argument, run, s3_client, wait_until_gone,
 )
 
@@ -203,15 +202,6 @@ def test_a_directory_removed_from_a_file_remote_leaves_no_empty_directory_behind
     assert (store / "new" / "b" / "g").read_bytes() == b"g"
     second = mounter.remount(first)
     assert sorted(os.listdir(second.mountpoint)) == ["kept", "new"]
-
-
-def kill_daemon(mountpoint) -> None:
-    pids = pids_with_argument(str(mountpoint))
-    assert pids, "daemon not found"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    assert not wait_until_gone(pids, timeout=10)
-    force_unmount(mountpoint, kill_daemon=False)
 
 
 def test_files_closed_before_a_crash_are_uploaded_after_remount(mounter, moto_client, ckptfs_bin, moto_env, bucket):

@@ -14,14 +14,15 @@ import uuid
 
 import pytest
 
-from support import Mounter, free_port, run
+from support import Mounter, free_port, kill_daemon, run
 
 BLOCK = 4 << 20
 
 
 class RewritingProxy:
     """Forwards every request to moto. `request(command, path, headers)` may change a request's
-    headers in place; `response(command, path, body)` may return a replacement body."""
+    headers in place, or return False to drop the connection without an answer; `response(command,
+    path, body)` may return a replacement body."""
 
     def __init__(self, upstream_port: int, request=None, response=None):
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -34,8 +35,9 @@ class RewritingProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 headers = dict(self.headers.items())
-                if request:
-                    request(self.command, self.path, headers)
+                if request and request(self.command, self.path, headers) is False:
+                    self.close_connection = True
+                    return
                 upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 answer = upstream.getresponse()
@@ -208,3 +210,32 @@ def test_truncating_a_file_by_path_while_it_uploads_and_a_reader_holds_it(
     result = run([ckptfs_bin, "sync", path], env=mounter.env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert moto_client.get_object(Bucket=bucket, Key="p/j/log.bin")["Body"].read() == b"A" * 10
+
+
+def test_a_multipart_upload_cut_off_by_a_crash_is_aborted_by_the_next_mount(proxied, moto_client, ckptfs_bin, bucket):
+    held, released = threading.Event(), threading.Event()
+
+    def hold_second_part(command, path, headers):
+        # Part 2 of the first upload never reaches moto: the daemon is killed while it waits for it.
+        if command == "PUT" and "partNumber=2" in path and not held.is_set():
+            held.set()
+            released.wait(60)
+            return False
+    mounter = proxied(request=hold_second_part)
+    first = mounter.mount(f"s3://{bucket}")
+    data = os.urandom(40 << 20)  # two parts of 32 MiB and 8 MiB, sent in parallel
+    try:
+        (first.mountpoint / "big.bin").write_bytes(data)
+        assert held.wait(60), "the second part was never sent"
+        kill_daemon(first.mountpoint)
+    finally:
+        released.set()
+    left = moto_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["Key"] for u in left] == ["big.bin"]  # what the crash left in the bucket
+    second = mounter.mount(first.remote, mountpoint=first.mountpoint, cache_dir=first.cache_dir)
+    result = run([ckptfs_bin, "sync", second.mountpoint / "big.bin"], env=mounter.env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    unmounted = mounter.unmount(second.mountpoint)  # waits for the queue, aborts included
+    assert unmounted.returncode == 0, unmounted.stderr
+    assert moto_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert moto_client.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == data
