@@ -39,7 +39,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         enum Kind {
             case put(StagedFile, key: String, size: Int64)
             case delete(String)
-            case copy(String, String)
+            /// Copy (source, destination); `shown` is the object the destination is read from until then.
+            case copy(String, String, shown: ObjectInfo?)
             /// Abort a multipart upload (key, upload id) that a put left open: a crash interrupted it, or
             /// its own abort failed. It changes no object, so it waits for nothing and nothing waits for it.
             case abort(String, uploadID: String)
@@ -75,7 +76,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             switch kind {
             case .put(_, let key, _): return [ExactString(key)]
             case .delete(let key): return [ExactString(key)]
-            case .copy(let source, let destination): return [ExactString(source), ExactString(destination)]
+            case .copy(let source, let destination, _): return [ExactString(source), ExactString(destination)]
             case .abort: return []
             }
         }
@@ -664,22 +665,21 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private func renameStoredLocked(_ source: String, to destination: String, sourceInfo: ObjectInfo?) throws(OverlayError) {
         let (copyID, deleteID) = (nextID, nextID + 1)
         nextID += 2
+        let (parent, name) = Self.split(source)
+        var shown = sourceInfo
+        if case .present(.file(let info)) = tree[parent]?[name] { shown = info }
         try journal.append(
-            [.written(destination), .copy(id: copyID, source: source, destination: destination), .delete(id: deleteID, key: source)]
+            [.written(destination), .copy(id: copyID, source: source, destination: destination, shown: shown), .delete(id: deleteID, key: source)]
                 + discardRecordsLocked(staged[ExactString(destination)]) + [.forgot(source)])
         written.insert(ExactString(destination))
         written.remove(ExactString(source))
         if let old = staged.removeValue(forKey: ExactString(destination)) { discardLocked(old) }
-        let (parent, name) = Self.split(source)
-        if case .present(.file(let info)) = tree[parent]?[name] {
-            insertLocked(destination, .present(.file(info)))
-            copiedTo[ExactString(destination)] = copyID
-        } else if let sourceInfo {
-            insertLocked(destination, .present(.file(sourceInfo)))
+        if let shown {
+            insertLocked(destination, .present(.file(shown)))
             copiedTo[ExactString(destination)] = copyID
         }
         setLocked(parent, name, .removed)
-        pending.append(Operation(id: copyID, kind: .copy(source, destination)))
+        pending.append(Operation(id: copyID, kind: .copy(source, destination, shown: shown)))
         pending.append(Operation(id: deleteID, kind: .delete(source)))
     }
 
@@ -825,7 +825,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                     logger.warning("could not delete a directory marker; it stays in the bucket", metadata: ["key": "\(key)", "error": "\(error)"])
                 }
                 monitor.withLock { _ = uploadedKeys.remove(ExactString(key)) }
-            case .copy(let source, let destination):
+            case .copy(let source, let destination, _):
                 let etag: String
                 do throws(StoreError) {
                     etag = try store.copy(from: source, to: destination)
@@ -942,7 +942,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             case .put(let id, let file, let size, let checksum, let key): puts[id] = (file, size, checksum, boot, key)
             case .checksum(let id, let checksum): puts[id]?.checksum = checksum
             case .delete(let id, let key): others.append((id, .delete(key)))
-            case .copy(let id, let source, let destination): others.append((id, .copy(source, destination)))
+            case .copy(let id, let source, let destination, let shown): others.append((id, .copy(source, destination, shown: shown)))
             case .multipart(let id, let key, let uploadID): others.append((id, .abort(key, uploadID: uploadID)))
             case .done(let id): done.insert(id)
             case .cancelled(let id):
@@ -966,7 +966,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         for (id, kind) in others where !done.contains(id) {
             switch kind {
             case .delete(let key): lastDelete[ExactString(key)] = max(lastDelete[ExactString(key)] ?? 0, id)
-            case .copy(let source, _): lastCopyFrom[ExactString(source)] = max(lastCopyFrom[ExactString(source)] ?? 0, id)
+            case .copy(let source, _, _): lastCopyFrom[ExactString(source)] = max(lastCopyFrom[ExactString(source)] ?? 0, id)
             case .put, .abort: break
             }
         }
@@ -1009,7 +1009,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             operations.append((id, Operation(id: id, kind: kind)))
             switch kind {
             case .delete(let key): rewritten.append(.delete(id: id, key: key))
-            case .copy(let source, let destination): rewritten.append(.copy(id: id, source: source, destination: destination))
+            case .copy(let source, let destination, let shown): rewritten.append(.copy(id: id, source: source, destination: destination, shown: shown))
             case .abort(let key, let uploadID): rewritten.append(.multipart(id: id, key: key, uploadID: uploadID))
             case .put: break
             }
@@ -1046,9 +1046,10 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     /// Shows in the tree what a queued operation recovered from the journal will do, as the call that
     /// queued it did (in queue order): the staged file of a put, nothing at a deleted key, and at a copy's
-    /// destination its source's object if the tree shows one (a rename of a renamed file); a destination
-    /// whose source only the store has shows once its copy has run (the mount asks the store nothing
-    /// before it is up).
+    /// destination its source's object: the one the tree shows (a rename of a renamed file), else the one
+    /// its record names. A destination whose record names none (written before records did, or renamed
+    /// before the mount had looked the source up) shows once its copy has run: the mount asks the store
+    /// nothing before it is up.
     private func showLocked(_ operation: Operation) {
         switch operation.kind {
         case .put(_, let key, _):
@@ -1056,9 +1057,10 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         case .delete(let key):
             let (parent, name) = Self.split(key.hasSuffix("/") ? String(key.dropLast()) : key)
             setLocked(parent, name, .removed)
-        case .copy(let source, let destination):
-            if case .present(.file(let info)) = changeLocked(source) {
-                insertLocked(destination, .present(.file(info)))
+        case .copy(let source, let destination, var shown):
+            if case .present(.file(let info)) = changeLocked(source) { shown = info }
+            if let shown {
+                insertLocked(destination, .present(.file(shown)))
                 copiedTo[ExactString(destination)] = operation.id
             }
         case .abort:
@@ -1166,7 +1168,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private static func largestID(in record: Journal.Record) -> UInt64 {
         switch record {
         case .put(let id, let file, _, _, _): return max(id, file)
-        case .delete(let id, _), .copy(let id, _, _), .multipart(let id, _, _), .done(let id), .cancelled(let id), .checksum(let id, _):
+        case .delete(let id, _), .copy(let id, _, _, _), .multipart(let id, _, _), .done(let id), .cancelled(let id), .checksum(let id, _):
             return id
         case .boot, .written, .forgot: return 0
         }

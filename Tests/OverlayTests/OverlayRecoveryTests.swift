@@ -389,6 +389,25 @@ extension LocalBucketStore {
         #expect(info.key == "ckpt/renamed.bin" && info.size == 8)
     }
 
+    @Test func aRenamedObjectIsReadFromItsSourceRightAfterACrashUntilItsCopyRuns() throws {
+        let (staging, configuration) = freshStaging()
+        defer { withExtendedLifetime(staging) {} }
+        let bucket = ScratchDirectory()
+        let stuck = StuckChangesStore(root: bucket.path)
+        try putObject("tmp-checkpoint-1/model.bin", "uploaded", in: stuck.bucket)
+        let source = try stuck.bucket.head(key: "tmp-checkpoint-1/model.bin")
+        do {
+            let overlay = try Overlay(store: stuck, configuration: configuration)
+            defer { overlay.stagingLock.release() }  // its process ends at the crash below
+            try overlay.rename("tmp-checkpoint-1/model.bin", to: "checkpoint-1/model.bin", sourceInStore: true, sourceInfo: source)
+        }
+        // The copy cannot run yet: the checkpoint must not vanish meanwhile.
+        let recovered = try Overlay(store: StuckChangesStore(root: bucket.path), configuration: configuration)
+        defer { recovered.stagingLock.release() }
+        #expect(recovered.change(in: "tmp-checkpoint-1/", name: "model.bin") == .removed)
+        #expect(recovered.change(in: "checkpoint-1/", name: "model.bin") == .present(.file(source)))
+    }
+
     @Test func theLastOfARenameChainIsShownWithItsOwnObjectOnceTheCopiesHaveRun() throws {
         let (staging, configuration) = freshStaging()
         defer { withExtendedLifetime(staging) {} }

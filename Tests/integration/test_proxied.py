@@ -239,3 +239,41 @@ def test_a_multipart_upload_cut_off_by_a_crash_is_aborted_by_the_next_mount(prox
     assert unmounted.returncode == 0, unmounted.stderr
     assert moto_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert moto_client.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == data
+
+
+def test_a_checkpoint_renamed_just_before_a_crash_is_there_at_once_after_it(proxied, moto_client, ckptfs_bin, bucket):
+    files = {"model.bin": os.urandom(3 * BLOCK + 5), "config.json": b'{"step": 1}'}
+    for name, data in files.items():
+        moto_client.put_object(Bucket=bucket, Key=f"p/j/tmp-checkpoint-1/{name}", Body=data)
+    copying, released = threading.Event(), threading.Event()
+
+    def hold_copies(command, path, headers):
+        # No CopyObject reaches moto until `released`: the renames stay queued through the crash.
+        if command == "PUT" and any(k.lower() == "x-amz-copy-source" for k in headers) and not released.is_set():
+            copying.set()
+            released.wait(60)
+            return False
+    mounter = proxied(request=hold_copies)
+    try:
+        first = mounter.mount(f"s3://{bucket}", args=["--allow-delete"])
+        os.rename(first.mountpoint / "p/j/tmp-checkpoint-1", first.mountpoint / "p/j/checkpoint-1")
+        assert copying.wait(30), "no copy was started"
+        kill_daemon(first.mountpoint)
+        copying.clear()
+        second = mounter.mount(first.remote, mountpoint=first.mountpoint, cache_dir=first.cache_dir, args=first.args)
+        assert copying.wait(30), "the next mount did not resume the copies"
+        root = second.mountpoint / "p/j"
+        # Its copies have not run, and the checkpoint is already where the rename put it, read from its source.
+        assert sorted(os.listdir(root)) == ["checkpoint-1", "latest"]
+        assert os.readlink(root / "latest") == "checkpoint-1"  # what a resuming job looks for
+        assert sorted(os.listdir(root / "checkpoint-1")) == sorted(files)
+        for name, data in files.items():
+            assert os.stat(root / "checkpoint-1" / name).st_size == len(data)
+            assert (root / "checkpoint-1" / name).read_bytes() == data
+    finally:
+        released.set()
+    result = run([ckptfs_bin, "sync", root], env=mounter.env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    keys = sorted(o["Key"] for o in moto_client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == sorted(f"p/j/checkpoint-1/{name}" for name in files)
+    assert (root / "checkpoint-1/model.bin").read_bytes() == files["model.bin"]
