@@ -32,9 +32,30 @@ public final class BufferPool: Sendable {
     }
 
     public func take() -> BlockBuffer {
-        let pointer = idle.withLock { $0.popLast() }.flatMap { UnsafeMutableRawPointer(bitPattern: $0) }
-            ?? UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: BlockFile.alignment)
+        let pointer = idle.withLock { $0.popLast() }.flatMap { UnsafeMutableRawPointer(bitPattern: $0) } ?? allocate()
         return BlockBuffer(pointer: pointer, capacity: bufferSize, pool: self)
+    }
+
+    /// The size of a transparent huge page (x86-64 and arm64 with 4 KiB pages).
+    static let hugePage = 2 << 20
+
+    /// Maps a new buffer at a huge-page boundary, and asks for huge pages under its whole huge pages (the
+    /// block, when it is a multiple of them): pinning a block for its `O_DIRECT` write then takes one step
+    /// per 2 MiB instead of one per 4 KiB page (page pinning was 5 % of the machine's time in a cold read).
+    private func allocate() -> UnsafeMutableRawPointer {
+        let length = BlockFile.pages(bufferSize)
+        let reserved = length + Self.hugePage
+        guard let raw = mmap(nil, reserved, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), raw != MAP_FAILED else {
+            fatalError("cannot map a \(reserved)-byte block buffer: \(String(cString: strerror(errno)))")
+        }
+        let start = (UInt(bitPattern: raw) + UInt(Self.hugePage) - 1) / UInt(Self.hugePage) * UInt(Self.hugePage)
+        let head = Int(start - UInt(bitPattern: raw))
+        if head > 0 { munmap(raw, head) }
+        munmap(raw + head + length, reserved - head - length)
+        let pointer = UnsafeMutableRawPointer(bitPattern: start)!
+        let huge = bufferSize / Self.hugePage * Self.hugePage
+        if huge > 0 { madvise(pointer, huge, MADV_HUGEPAGE) }
+        return pointer
     }
 
     fileprivate func recycle(_ pointer: UnsafeMutableRawPointer) {
@@ -44,6 +65,6 @@ public final class BufferPool: Sendable {
             buffers.append(address)
             return true
         }
-        if !kept { pointer.deallocate() }
+        if !kept { munmap(pointer, BlockFile.pages(bufferSize)) }
     }
 }
