@@ -1,6 +1,7 @@
-"""Answers a real S3 server would not give, made by a proxy in front of moto that rewrites requests
-or responses: ranged GETs answered with other bytes than asked for (as a misbehaving server or
-cache on the way might), and listings of objects too large to create here."""
+"""Tests through a proxy in front of moto that rewrites, holds, drops or counts requests, or rewrites
+responses: answers a real S3 server would not give (ranged GETs answered with other bytes than asked
+for, as a misbehaving server or cache on the way might; listings of objects too large to create here),
+uploads and copies cut off by a crash, and requests the daemon must not make."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import http.server
 import os
 import re
 import threading
+import time
 import uuid
 
 import pytest
@@ -277,3 +279,31 @@ def test_a_checkpoint_renamed_just_before_a_crash_is_there_at_once_after_it(prox
     keys = sorted(o["Key"] for o in moto_client.list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == sorted(f"p/j/checkpoint-1/{name}" for name in files)
     assert (root / "checkpoint-1/model.bin").read_bytes() == files["model.bin"]
+
+
+def test_reading_past_the_end_of_a_file_this_mount_wrote_lists_nothing(proxied, ckptfs_bin, bucket):
+    lists = []
+
+    def count_lists(command, path, headers):
+        if command == "GET" and "list-type=2" in path:
+            lists.append(path)
+    mounter = proxied(request=count_lists)
+    first = mounter.mount(f"s3://{bucket}", args=["--metadata-ttl", "1"])
+    (first.mountpoint / "p/j").mkdir(parents=True)
+    (first.mountpoint / "p/j/log.txt").write_bytes(b"hello")
+    result = run([ckptfs_bin, "sync", first.mountpoint], env=mounter.env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    # The next daemon knows from the journal that this mount wrote the file, and has no change of it.
+    root = mounter.remount(first).mountpoint
+    fd = os.open(root / "p/j/log.txt", os.O_RDONLY)  # the uploaded object, read by the daemon
+    try:
+        assert os.pread(fd, 5, 0) == b"hello"
+        time.sleep(1.5)  # past --metadata-ttl: the directory's listing has expired
+        before = len(lists)
+        # A read reaching past the end checks for a newer version this mount wrote: the overlay knows that,
+        # the store is not asked.
+        assert os.pread(fd, 4096, 0) == b"hello"
+        assert os.pread(fd, 4096, 2) == b"llo"
+        assert lists[before:] == []
+    finally:
+        os.close(fd)
