@@ -13,8 +13,9 @@ import ObjectStore
 /// and this `ContentChecksum`, or `-` when it is not computed yet, as KEY), `checksum ID CHECKSUM` (the
 /// checksum of put ID, computed after its close), `done ID` (upload or operation ID finished),
 /// `cancel ID` (put ID will not run: its file is being written again),
-/// `delete ID KEY`, `copy ID SOURCE DESTINATION [OBJECT SIZE MODIFIED ETAG]` (the object the destination is
-/// read from until the copy has run, when the rename knew it), `multipart ID KEY UPLOADID` (a put started the multipart
+/// `delete ID KEY`, `copy ID SOURCE DESTINATION`, `reads ID OBJECT SIZE MODIFIED ETAG` (until copy ID has run,
+/// its destination is read from this object: written after the copy when the rename knew it; a version
+/// without this record skips it, and only shows the destination later), `multipart ID KEY UPLOADID` (a put started the multipart
 /// upload UPLOADID of KEY, whose parts stay in the bucket until it is completed or aborted: `done ID`).
 final class Journal: @unchecked Sendable {
     enum Record: Equatable {
@@ -24,7 +25,8 @@ final class Journal: @unchecked Sendable {
         case put(id: UInt64, file: UInt64, size: Int64, checksum: UInt64?, key: String)
         case checksum(id: UInt64, checksum: UInt64)
         case delete(id: UInt64, key: String)
-        case copy(id: UInt64, source: String, destination: String, shown: ObjectInfo?)
+        case copy(id: UInt64, source: String, destination: String)
+        case destinationReads(id: UInt64, object: ObjectInfo)
         case multipart(id: UInt64, key: String, uploadID: String)
         case done(UInt64)
         case cancelled(UInt64)
@@ -116,9 +118,9 @@ final class Journal: @unchecked Sendable {
             return "put\t\(id)\t\(file)\t\(size)\t\(checksum.map(String.init) ?? "-")\t\(k(key))\n"
         case .checksum(let id, let checksum): return "checksum\t\(id)\t\(checksum)\n"
         case .delete(let id, let key): return "delete\t\(id)\t\(k(key))\n"
-        case .copy(let id, let source, let destination, let shown):
-            let object = shown.map { "\t\(k($0.key))\t\($0.size)\t\($0.modified)\t\(k($0.etag))" } ?? ""
-            return "copy\t\(id)\t\(k(source))\t\(k(destination))\(object)\n"
+        case .copy(let id, let source, let destination): return "copy\t\(id)\t\(k(source))\t\(k(destination))\n"
+        case .destinationReads(let id, let object):
+            return "reads\t\(id)\t\(k(object.key))\t\(object.size)\t\(object.modified)\t\(k(object.etag))\n"
         case .multipart(let id, let key, let uploadID): return "multipart\t\(id)\t\(k(key))\t\(k(uploadID))\n"
         case .done(let id): return "done\t\(id)\n"
         case .cancelled(let id): return "cancel\t\(id)\n"
@@ -146,13 +148,14 @@ final class Journal: @unchecked Sendable {
         case ("delete", 3):
             guard let id = UInt64(fields[1]), let k = key(2) else { return nil }
             return .delete(id: id, key: k)
-        case ("copy", 4), ("copy", 8):
+        case ("copy", 4):
             guard let id = UInt64(fields[1]), let source = key(2), let destination = key(3) else { return nil }
-            guard fields.count == 8 else { return .copy(id: id, source: source, destination: destination, shown: nil) }
-            guard let object = key(4), let size = Int64(fields[5]), size >= 0, let modified = Int64(fields[6]), let etag = key(7)
+            return .copy(id: id, source: source, destination: destination)
+        case ("reads", 6):
+            guard let id = UInt64(fields[1]), let object = key(2), let size = Int64(fields[3]), size >= 0,
+                let modified = Int64(fields[4]), let etag = key(5)
             else { return nil }
-            let shown = ObjectInfo(key: object, size: size, modified: modified, etag: etag)
-            return .copy(id: id, source: source, destination: destination, shown: shown)
+            return .destinationReads(id: id, object: ObjectInfo(key: object, size: size, modified: modified, etag: etag))
         case ("multipart", 4):
             guard let id = UInt64(fields[1]), let k = key(2), let uploadID = key(3) else { return nil }
             return .multipart(id: id, key: k, uploadID: uploadID)

@@ -669,7 +669,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         var shown = sourceInfo
         if case .present(.file(let info)) = tree[parent]?[name] { shown = info }
         try journal.append(
-            [.written(destination), .copy(id: copyID, source: source, destination: destination, shown: shown), .delete(id: deleteID, key: source)]
+            [.written(destination), .copy(id: copyID, source: source, destination: destination)]
+                + (shown.map { [.destinationReads(id: copyID, object: $0)] } ?? []) + [.delete(id: deleteID, key: source)]
                 + discardRecordsLocked(staged[ExactString(destination)]) + [.forgot(source)])
         written.insert(ExactString(destination))
         written.remove(ExactString(source))
@@ -931,6 +932,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private func recover(_ records: [Journal.Record]) throws(OverlayError) {
         var puts: [UInt64: (file: UInt64, size: Int64, checksum: UInt64?, boot: String?, key: String)] = [:]
         var others: [(UInt64, Operation.Kind)] = []
+        var copiedReads: [UInt64: ObjectInfo] = [:]
         var done = Set<UInt64>()
         var cancelled = Set<UInt64>()
         var boot: String?
@@ -942,7 +944,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             case .put(let id, let file, let size, let checksum, let key): puts[id] = (file, size, checksum, boot, key)
             case .checksum(let id, let checksum): puts[id]?.checksum = checksum
             case .delete(let id, let key): others.append((id, .delete(key)))
-            case .copy(let id, let source, let destination, let shown): others.append((id, .copy(source, destination, shown: shown)))
+            case .copy(let id, let source, let destination): others.append((id, .copy(source, destination, shown: nil)))
+            case .destinationReads(let id, let object): copiedReads[id] = object
             case .multipart(let id, let key, let uploadID): others.append((id, .abort(key, uploadID: uploadID)))
             case .done(let id): done.insert(id)
             case .cancelled(let id):
@@ -950,6 +953,10 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 cancelled.insert(id)
             }
             nextID = max(nextID, Self.largestID(in: record) + 1)
+        }
+        others = others.map { id, kind in
+            guard case .copy(let source, let destination, _) = kind else { return (id, kind) }
+            return (id, .copy(source, destination, shown: copiedReads[id]))
         }
         var rewritten: [Journal.Record] = [.boot(configuration.bootID)] + written.sorted().map { .written($0.string) }
         var claimed = Set<String>()
@@ -1009,7 +1016,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             operations.append((id, Operation(id: id, kind: kind)))
             switch kind {
             case .delete(let key): rewritten.append(.delete(id: id, key: key))
-            case .copy(let source, let destination, let shown): rewritten.append(.copy(id: id, source: source, destination: destination, shown: shown))
+            case .copy(let source, let destination, let shown):
+                rewritten.append(.copy(id: id, source: source, destination: destination))
+                if let shown { rewritten.append(.destinationReads(id: id, object: shown)) }
             case .abort(let key, let uploadID): rewritten.append(.multipart(id: id, key: key, uploadID: uploadID))
             case .put: break
             }
@@ -1047,7 +1056,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// Shows in the tree what a queued operation recovered from the journal will do, as the call that
     /// queued it did (in queue order): the staged file of a put, nothing at a deleted key, and at a copy's
     /// destination its source's object: the one the tree shows (a rename of a renamed file), else the one
-    /// its record names. A destination whose record names none (written before records did, or renamed
+    /// its `reads` record names. A destination without one (journaled by an older version, or renamed
     /// before the mount had looked the source up) shows once its copy has run: the mount asks the store
     /// nothing before it is up.
     private func showLocked(_ operation: Operation) {
@@ -1168,7 +1177,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     private static func largestID(in record: Journal.Record) -> UInt64 {
         switch record {
         case .put(let id, let file, _, _, _): return max(id, file)
-        case .delete(let id, _), .copy(let id, _, _, _), .multipart(let id, _, _), .done(let id), .cancelled(let id), .checksum(let id, _):
+        case .delete(let id, _), .copy(let id, _, _), .destinationReads(let id, _), .multipart(let id, _, _), .done(let id),
+            .cancelled(let id), .checksum(let id, _):
             return id
         case .boot, .written, .forgot: return 0
         }

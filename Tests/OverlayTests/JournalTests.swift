@@ -12,9 +12,9 @@ import TestSupport
             .boot("0b1c2d3e-aaaa-4bbb-8ccc-123456789abc"),
             .written("p/a b\tc\nd+é.bin"), .put(id: 7, file: 3, size: 12, checksum: UInt64.max, key: "p/a b\tc\nd+é.bin"),
             .put(id: 10, file: 4, size: 0, checksum: nil, key: "z"), .checksum(id: 10, checksum: 0), .cancelled(10),
-            .copy(id: 8, source: "x/1", destination: "y/2", shown: nil), .delete(id: 9, key: "x/1"), .done(7), .forgot("q"),
-            .copy(id: 12, source: "x/2", destination: "y/\t3",
-                  shown: ObjectInfo(key: "w/0 1\t", size: 1 << 40, modified: -5, etag: "9b2cf5-3\t\"")),
+            .copy(id: 8, source: "x/1", destination: "y/2"), .delete(id: 9, key: "x/1"), .done(7), .forgot("q"),
+            .copy(id: 12, source: "x/2", destination: "y/\t3"),
+            .destinationReads(id: 12, object: ObjectInfo(key: "w/0 1\t", size: 1 << 40, modified: -5, etag: "9b2cf5-3\t\"")),
             .multipart(id: 11, key: "p/a b\tc", uploadID: "2~Zx+y/=\tq"),
         ]
         let journal = try Journal(path: path)
@@ -22,9 +22,10 @@ import TestSupport
         #expect(Journal.read(path) == records)
     }
 
-    @Test func aCopyRecordWithoutItsObjectStillReads() {
-        #expect(Journal.decode("copy\t8\tx/1\ty/2") == .copy(id: 8, source: "x/1", destination: "y/2", shown: nil))
-        #expect(Journal.decode("copy\t8\tx/1\ty/2\tw\tbig\t0\te") == nil)
+    @Test func aCopysObjectRecordWithABadSizeIsNotRead() {
+        #expect(Journal.decode("reads\t8\tw\t5\t0\te") == .destinationReads(id: 8, object: ObjectInfo(key: "w", size: 5, modified: 0, etag: "e")))
+        #expect(Journal.decode("reads\t8\tw\t-5\t0\te") == nil)
+        #expect(Journal.decode("reads\t8\tw\tbig\t0\te") == nil)
     }
 
     @Test func aTornLastLineIsIgnored() throws {
