@@ -105,7 +105,8 @@ extension FileSystem {
     /// an eighth of the machine's memory, so that opening a large file does not push everything else out.
     static let prefetchLimit = Int64(sysconf(Int32(_SC_PHYS_PAGES))) * Int64(sysconf(Int32(_SC_PAGESIZE))) / 8
 
-    /// How many times an open queries a name again whose staged version was uploaded meanwhile.
+    /// How many times an open queries a name again whose staged version was uploaded meanwhile, and a read
+    /// goes on to the next version of a file this mount uploaded over the one it was fetching.
     static let uploadRaces = 3
 
     /// How long a writer waits for the kernel's release of a handle just closed before `EBUSY`.
@@ -148,7 +149,7 @@ extension FileSystem {
                 // since of a file this mount had not written yet.
                 if remote.rewritten || offset + Int64(size) > object.size && overlay?.wrote(object.key) == true,
                     let newer = successor(of: handle.ino, replacing: object, askingTheStore: false) {
-                    return replyRead(req, from: newer, size: size, offset: offset, through: base)
+                    return replyRead(req, ino: handle.ino, from: newer, size: size, offset: offset, through: base)
                 }
                 let prefetch = remote.window.withLock { $0.record(offset: offset, length: Int64(size)) }
                 do throws(StoreError) {
@@ -157,13 +158,13 @@ extension FileSystem {
                     }
                 } catch {
                     if error.isGone, let newer = successor(of: handle.ino, replacing: object, askingTheStore: true) {
-                        return replyRead(req, from: newer, size: size, offset: offset, through: base)
+                        return replyRead(req, ino: handle.ino, from: newer, size: size, offset: offset, through: base)
                     }
                     replyFailedRead(req, object.key, error)
                 }
             case .staged(let staged):
                 if let newer = successor(of: handle.ino, replacing: staged.file) {
-                    return replyRead(req, from: newer, size: size, offset: offset, through: base)
+                    return replyRead(req, ino: handle.ino, from: newer, size: size, offset: offset, through: base)
                 }
                 replyRead(req, from: staged.file.file, size: size, offset: offset, through: base)
             case .cached(let pinned):
@@ -179,19 +180,32 @@ extension FileSystem {
         if count < 0 { fuse_reply_err(req, Glibc.errno) } else { fuse_reply_buf(req, buffer, count) }
     }
 
-    /// Answers READ from `version`, the one that replaced what the handle opened.
-    private func replyRead(_ req: fuse_req_t?, from version: Successor, size: Int, offset: Int64, through buffer: UnsafeMutableRawPointer) {
-        switch version {
-        case .object(let info):
-            let object = registry.acquire(info)
-            defer { registry.release(object) }
-            do throws(StoreError) {
-                try object.read(offset: offset, count: size, prefetch: 0, scratch: buffer) { fuse_reply_buf(req, $0.baseAddress, $0.count) }
-            } catch {
-                replyFailedRead(req, info.key, error)
+    /// Answers READ from `version`, the one that replaced what inode `ino`'s handle opened. An uploaded
+    /// version may itself be replaced in the store by the next one this mount uploads while it is being
+    /// fetched (a log appended to while a reader follows it): the read goes on with that one.
+    private func replyRead(
+        _ req: fuse_req_t?, ino: UInt64, from version: Successor, size: Int, offset: Int64, through buffer: UnsafeMutableRawPointer
+    ) {
+        var version = version
+        for attempt in 1... {
+            switch version {
+            case .object(let info):
+                let object = registry.acquire(info)
+                defer { registry.release(object) }
+                do throws(StoreError) {
+                    return try object.read(offset: offset, count: size, prefetch: 0, scratch: buffer) {
+                        fuse_reply_buf(req, $0.baseAddress, $0.count)
+                    }
+                } catch {
+                    guard error.isGone, attempt < Self.uploadRaces,
+                        let newer = successor(of: ino, replacing: object, askingTheStore: true) else {
+                        return replyFailedRead(req, info.key, error)
+                    }
+                    version = newer
+                }
+            case .staged(let file):
+                return replyRead(req, from: file.file, size: size, offset: offset, through: buffer)
             }
-        case .staged(let file):
-            replyRead(req, from: file.file, size: size, offset: offset, through: buffer)
         }
     }
 

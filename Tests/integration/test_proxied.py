@@ -307,3 +307,49 @@ def test_reading_past_the_end_of_a_file_this_mount_wrote_lists_nothing(proxied, 
         assert lists[before:] == []
     finally:
         os.close(fd)
+
+
+def test_a_reader_of_a_log_goes_on_to_the_version_uploaded_while_it_fetched_the_one_before(
+        proxied, ckptfs_bin, bucket):
+    armed, held, released = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_one_get(command, path, headers):
+        # The first GET of the object once armed waits until `released`: the next version is uploaded
+        # while the reader fetches this one.
+        if command == "GET" and path.split("?")[0].endswith("/p/j/log.txt") and armed.is_set() and not held.is_set():
+            held.set()
+            released.wait(60)
+    mounter = proxied(request=hold_one_get)
+    root = mounter.mount(f"s3://{bucket}").mountpoint
+    path = root / "p/j/log.txt"
+    path.parent.mkdir(parents=True)
+
+    def append(line: bytes) -> None:
+        with open(path, "ab") as log:
+            log.write(line)
+        result = run([ckptfs_bin, "sync", path], env=mounter.env, timeout=120)
+        assert result.returncode == 0, result.stderr
+
+    append(b"one\n")
+    reader = os.open(path, os.O_RDONLY)  # like tail -f: reads on into the versions appended since
+    try:
+        append(b"two\n")
+        armed.set()
+        answer = []
+
+        def read():
+            try:
+                answer.append(os.pread(reader, 4096, 0))
+            except OSError as error:
+                answer.append(errno.errorcode[error.errno])
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        try:
+            assert held.wait(30), "the read fetched nothing"
+            append(b"three\n")  # replaces, in the bucket, the version being fetched
+        finally:
+            released.set()
+        thread.join(60)
+        assert answer == [b"one\ntwo\nthree\n"]
+    finally:
+        os.close(reader)
