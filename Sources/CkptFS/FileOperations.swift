@@ -12,6 +12,7 @@ extension FileSystem {
     func open(_ req: fuse_req_t?, _ ino: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
         let flags = fi.pointee.flags
         let writing = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+        if !writing { passthrough.waitForClosingWriters(ino, seconds: Self.releaseWait) }
         do throws(FileError) {
             let (kind, version) = try kindAndVersion(of: ino)
             let staged: StagedHandle
@@ -265,7 +266,8 @@ extension FileSystem {
     func release(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>) {
         let unmanaged = Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh))!)
         let handle = unmanaged.takeUnretainedValue()
-        passthrough.end(handle.ino, backing: handle.backing)
+        let closed = handle.flushed.load(ordering: .acquiring)
+        passthrough.end(handle.ino, backing: handle.backing, writer: handle.writes, closed: closed)
         switch handle.content {
         case .remote(let handle):
             registry.release(handle.object)
@@ -418,6 +420,9 @@ extension FileSystem {
         if case .staged(let handle) = open.content, handle.writable {
             do throws(OverlayError) {
                 if open.backing != 0 {
+                    if !open.flushed.exchange(true, ordering: .acquiringAndReleasing) {
+                        passthrough.writerClosed(open.ino, backing: open.backing)
+                    }
                     // The kernel wrote to the staged file without telling us: count it as changed.
                     try overlay?.reserve(handle.file, growingTo: handle.file.size)
                     handle.file.changes.add(1, ordering: .releasing)

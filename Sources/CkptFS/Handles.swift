@@ -16,11 +16,20 @@ final class Handle: Sendable {
     let content: Content
     let ino: UInt64
     let backing: Int32
+    /// Whether a FLUSH of this handle came (a `close()` of one of its descriptors): its RELEASE follows
+    /// once the last one is closed.
+    let flushed = Atomic<Bool>(false)
 
     init(_ content: Content, ino: UInt64, backing: Int32) {
         self.content = content
         self.ino = ino
         self.backing = backing
+    }
+
+    /// Whether it is a staged file's handle opened for writing.
+    var writes: Bool {
+        if case .staged(let staged) = content { return staged.writable }
+        return false
     }
 }
 

@@ -29,6 +29,12 @@ final class Passthrough: Sendable {
         let id: Int32
         let source: Source
         var handles: Int
+        /// Of `handles`, the writers, and those of them that were flushed (closed, their RELEASE to come).
+        var writers = 0
+        var closingWriters = 0
+
+        /// Whether only writers that were closed hold it: it goes once their RELEASEs arrive.
+        var isClosing: Bool { writers > 0 && closingWriters == writers && handles == writers }
 
         /// The staged file behind it; nil for a cached object.
         var file: StagedFile? {
@@ -116,6 +122,24 @@ final class Passthrough: Sendable {
         while !done() && released.wait(until: deadline) {}
     }
 
+    /// Waits up to `seconds` while inode `ino` is served from a backing file that only writers already
+    /// closed hold: `close()` returns before the kernel sends their RELEASE, and a reader that joined the
+    /// backing file then would keep the inode in passthrough from that version (a later writer, which
+    /// needs a new one, would fail with `EBUSY`). A writer still writing through a duplicate of a closed
+    /// descriptor keeps it: the reader joins it after the wait.
+    func waitForClosingWriters(_ ino: UInt64, seconds: Double) {
+        let closing = { self.opens.withLock { $0.backed[ino]?.contains(where: \.isClosing) == true } }
+        if closing() { waitForRelease(ino, seconds: seconds) { !closing() } }
+    }
+
+    /// A writer's handle of inode `ino` in passthrough from `backing` was flushed for the first time.
+    func writerClosed(_ ino: UInt64, backing: Int32) {
+        opens.withLock { opens in
+            guard let index = opens.backed[ino]?.firstIndex(where: { $0.id == backing }) else { return }
+            opens.backed[ino]![index].closingWriters += 1
+        }
+    }
+
     /// Decides how a new open of inode `ino`'s staged file `staged` is served. Only a writer (`starts`)
     /// puts an inode into passthrough; other opens join it while it lasts. A staged file other than the one
     /// in use gets a backing file of its own: the kernel accepts it if it has released the other meanwhile,
@@ -125,12 +149,14 @@ final class Passthrough: Sendable {
             let backed = opens.backed[ino] ?? []
             if let index = backed.lastIndex(where: { $0.file === staged }) {
                 opens.backed[ino]![index].handles += 1
+                if starts { opens.backed[ino]![index].writers += 1 }
                 return .kernel(backing: backed[index].id, file: staged)
             }
             if stagedFiles, starts || !backed.isEmpty, opens.daemon[ino, default: 0] == 0,
                 let id = register(staged.file)
             {
-                opens.backed[ino, default: []].append(Backing(id: id, source: .staged(staged), handles: 1))
+                let backing = Backing(id: id, source: .staged(staged), handles: 1, writers: starts ? 1 : 0)
+                opens.backed[ino, default: []].append(backing)
                 return .kernel(backing: id, file: staged)
             }
             opens.daemon[ino, default: 0] += 1
@@ -167,8 +193,8 @@ final class Passthrough: Sendable {
     }
 
     /// Ends an open that `begin` decided (`backing` 0 for a daemon-served one), once it is released or its
-    /// reply failed.
-    func end(_ ino: UInt64, backing: Int32) {
+    /// reply failed: a writer's (`writer`), `closed` if it was flushed.
+    func end(_ ino: UInt64, backing: Int32, writer: Bool, closed: Bool) {
         opens.withLock { opens in
             guard backing != 0 else {
                 let remaining = opens.daemon[ino, default: 1] - 1
@@ -177,6 +203,10 @@ final class Passthrough: Sendable {
             }
             guard var backed = opens.backed[ino], let index = backed.firstIndex(where: { $0.id == backing }) else { return }
             backed[index].handles -= 1
+            if writer {
+                backed[index].writers -= 1
+                if closed { backed[index].closingWriters -= 1 }
+            }
             if backed[index].handles == 0 {
                 ckptfs_backing_close(device.load(ordering: .acquiring), UInt32(backing))
                 backed.remove(at: index)

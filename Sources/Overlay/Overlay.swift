@@ -279,13 +279,18 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
 
     /// Opens an existing staged file for writing, emptied with `truncate`. If an upload of it is running
     /// right now (its last queued one, or an earlier one that a second close of the same content queued
-    /// again) and nobody writes it, the writer gets a fresh copy so no upload sees a half-written file (or,
+    /// again), or finished since the caller looked the file up, and nobody writes it, the writer gets a
+    /// fresh copy so no upload sees a half-written file and no write goes into a dropped one (or,
     /// `inPlace`, the open fails with `EBUSY` before anything changes); otherwise its queued upload is
     /// cancelled. A file that has a writer is always shared: that writer (whose `close()` of a duplicate
     /// descriptor queued the running upload) goes on writing into it, and its last close queues it again.
     public func openForWrite(_ file: StagedFile, truncate: Bool = false, inPlace: Bool = false) throws(OverlayError) -> StagedFile {
         let (uploading, cancelled) = try monitor.withLock { () throws(OverlayError) -> (Bool, [UInt64]) in
-            if file.writers == 0 && running.values.contains(where: { $0.uploads(file) }) {
+            // Its upload may have finished since the caller looked it up, and dropped it: the name is served
+            // from the store, so the writer needs a version of its own again (a copy of the same bytes).
+            let dropped = staged[ExactString(file.key)] !== file && file.uploadedETag != nil
+                && storedLocked(file.key)?.etag == file.uploadedETag
+            if file.writers == 0 && (dropped || running.values.contains(where: { $0.uploads(file) })) {
                 if inPlace { throw OverlayError(path: file.path, errno: EBUSY) }
                 return (true, [])
             }

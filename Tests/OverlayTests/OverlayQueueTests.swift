@@ -113,6 +113,28 @@ import TestSupport
         #expect(access(second.path, F_OK) != 0)
     }
 
+    @Test func aWriterOpeningAVersionWhoseUploadFinishedSinceItWasLookedUpWritesANewVersion() throws {
+        let staging = ScratchDirectory()
+        let bucket = ScratchDirectory()
+        let overlay = try Overlay(store: LocalStore(root: bucket.path), configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
+        let looked = try overlay.create("logs/train.log")
+        write(looked, "step 1\n")
+        try overlay.releaseWriter(looked)
+        #expect(overlay.sync(prefix: "").isEmpty)  // uploaded: the name is served from the store, the staged file gone
+        #expect(overlay.stagedFile("logs/train.log") == nil)
+        // An open for appending looked the version up just before its upload finished.
+        let writer = try overlay.openForWrite(looked)
+        _ = "step 2\n".withCString { pwrite(writer.file.fd, $0, strlen($0), 7) }
+        writer.changes.add(1, ordering: .releasing)
+        try overlay.releaseWriter(writer)
+        #expect(overlay.sync(prefix: "").isEmpty)
+        let fd = open(bucket.path + "/logs/train.log", O_RDONLY)
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 64)
+        let count = read(fd, &bytes, bytes.count)
+        #expect(String(decoding: bytes.prefix(max(count, 0)), as: UTF8.self) == "step 1\nstep 2\n", "the append went into the dropped file")
+    }
+
     @Test func writesThroughADeletedFilesOpenDescriptorAreReturnedToTheBudgetAtItsClose() throws {
         let staging = ScratchDirectory()
         let overlay = try Overlay(

@@ -9,6 +9,7 @@ import json
 import mmap
 import os
 import platform
+import threading
 import time
 import uuid
 
@@ -185,6 +186,47 @@ def test_a_file_this_mount_wrote_and_reads_back_can_be_rewritten_while_open(moun
     assert read_fully(mnt / "w.bin") == new
     sync(ckptfs_bin, moto_env, mnt)
     assert bucket_hashes(moto_client, bucket) == {"w.bin": sha(new)}
+
+
+def in_open(thread_id: int) -> bool:
+    """Whether thread `thread_id` of this process is inside openat(2) right now."""
+    with open(f"/proc/self/task/{thread_id}/syscall") as syscall:
+        return syscall.read().split()[0] == "257"  # __NR_openat on x86-64
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="reads the x86-64 syscall number of openat")
+def test_a_reader_opening_a_file_as_its_writer_closes_keeps_no_later_writer_out(mounter, ckptfs_bin, moto_env, bucket):
+    # close(2) returns before the kernel sends RELEASE; a reader that joined the writer's backing file
+    # then would keep the inode in passthrough from the version being uploaded (a new writer: EBUSY).
+    mnt = mounter.mount(f"s3://{bucket}").mountpoint
+    path = mnt / "log.txt"
+    writer = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(writer, b"one\n")
+    last = os.dup(writer)
+    os.close(writer)  # a FLUSH, and no RELEASE while `last` holds the file: the RELEASE is late on demand
+    opened, thread_id = [], []
+
+    def open_reader():
+        thread_id.append(threading.get_native_id())
+        opened.append(os.open(path, os.O_RDONLY))
+    thread = threading.Thread(target=open_reader, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not (thread_id and in_open(thread_id[0])) and thread.is_alive():
+        assert time.monotonic() < deadline, "the reader's open never started"
+        time.sleep(0.001)
+    os.close(last)  # the writer's last close: its RELEASE follows
+    thread.join(30)
+    assert opened, "the reader's open did not return"
+    reader = opened[0]
+    try:
+        sync(ckptfs_bin, moto_env, path)
+        with open(path, "ab") as log:  # the uploaded version is no longer the staged one: a new version
+            log.write(b"two\n")
+        assert os.pread(reader, 100, 0) == b"one\ntwo\n"  # like tail -f, it reads on
+    finally:
+        os.close(reader)
+    assert path.read_bytes() == b"one\ntwo\n"
 
 
 @pytest.mark.skipif(not kernel_offers_passthrough(), reason="needs FUSE passthrough (Linux 6.9+, root)")

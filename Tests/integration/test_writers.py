@@ -89,17 +89,16 @@ def test_appends_to_a_log_being_read_all_land_and_its_readers_never_fail(mounter
             expected += f"{n}\n".encode()
             # A reader of an older version must not make the kernel take that one's size for the file's,
             # where the next append would go (over this line).
-            assert path.read_bytes() == expected, n
+            got = path.read_bytes()
+            assert got == expected, (n, len(got), len(expected), os.stat(path).st_size)
             if n % 50 == 0:
                 sync(ckptfs_bin, moto_env, path)
+        final = expected
+        assert read_all(held) == final  # the first reader, like tail -f, reads on into what was appended
     finally:
         stop.set()
         thread.join(60)
-    final = expected
-    try:
-        assert read_all(held) == final  # the first reader, like tail -f, reads on into what was appended
-    finally:
-        os.close(held)
+        os.close(held)  # else the mount stays busy
     assert not thread.is_alive()
     assert failures == []
     assert seen and all(final.startswith(content) for content in seen)
