@@ -70,20 +70,22 @@ static inline int ckptfs_backing_close(int device, uint32_t backing) {
     return ioctl(device, _IOW(229, 2, uint32_t), &backing);
 }
 
-/// `FOPEN_PASSTHROUGH`, and the kernel's `fuse_open_out` with its `backing_id`.
+/// `FOPEN_PASSTHROUGH` and `FOPEN_NOFLUSH`, and the kernel's `fuse_open_out` with its `backing_id`.
 #define CKPTFS_FOPEN_PASSTHROUGH (1u << 7)
+#define CKPTFS_FOPEN_NOFLUSH (1u << 5)
 struct ckptfs_open_out { uint64_t fh; uint32_t open_flags; int32_t backing_id; };
 
-static inline void ckptfs_fill_open(struct ckptfs_open_out *out, uint64_t fh, int32_t backing) {
+static inline void ckptfs_fill_open(struct ckptfs_open_out *out, uint64_t fh, int32_t backing, int noflush) {
     out->fh = fh;
-    out->open_flags = CKPTFS_FOPEN_PASSTHROUGH;
+    out->open_flags = CKPTFS_FOPEN_PASSTHROUGH | (noflush ? CKPTFS_FOPEN_NOFLUSH : 0);
     out->backing_id = backing;
 }
 
 /// Answers OPEN with a passthrough handle: reads and writes of it go to the backing file in the kernel.
-static inline int ckptfs_reply_open_passthrough(fuse_req_t req, uint64_t fh, int32_t backing) {
+/// With `noflush`, its `close()` sends no FLUSH.
+static inline int ckptfs_reply_open_passthrough(fuse_req_t req, uint64_t fh, int32_t backing, int noflush) {
     struct ckptfs_open_out out;
-    ckptfs_fill_open(&out, fh, backing);
+    ckptfs_fill_open(&out, fh, backing, noflush);
     return fuse_reply_buf(req, (const char *)&out, sizeof out);
 }
 
@@ -120,7 +122,7 @@ static inline int ckptfs_reply_create_passthrough(fuse_req_t req, const struct f
     out.gid = e->attr.st_gid;
     out.rdev = (uint32_t)e->attr.st_rdev;
     out.blksize = (uint32_t)e->attr.st_blksize;
-    ckptfs_fill_open(&out.open, fh, backing);
+    ckptfs_fill_open(&out.open, fh, backing, 0);
     return fuse_reply_buf(req, (const char *)&out, sizeof out);
 }
 

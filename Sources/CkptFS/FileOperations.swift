@@ -134,8 +134,11 @@ extension FileSystem {
     /// Answers OPEN with `handle` (in passthrough if it has a backing file); releases it if the open failed.
     private func reply(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>, _ handle: Handle) {
         fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
+        // A reader's close() has nothing to flush: no FLUSH round trip.
+        fi.pointee.noflush = handle.writes ? 0 : 1
         let failed = handle.backing != 0
-            ? ckptfs_reply_open_passthrough(req, fi.pointee.fh, handle.backing) : fuse_reply_open(req, fi)
+            ? ckptfs_reply_open_passthrough(req, fi.pointee.fh, handle.backing, Int32(fi.pointee.noflush))
+            : fuse_reply_open(req, fi)
         if failed != 0 { release(nil, fi) }
     }
 
