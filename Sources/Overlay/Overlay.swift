@@ -46,7 +46,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             case abort(String, uploadID: String)
         }
         let id: UInt64
-        let kind: Kind
+        var kind: Kind
         var attempts = 0
         var lastError: String?
         /// A failed operation is not retried before this `CLOCK_REALTIME` second (0: at once).
@@ -854,6 +854,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 let shown = monitor.withLock { () -> Bool in
                     uploadedKeys.insert(ExactString(destination))
                     noteDirectoriesLocked(of: destination)
+                    readFromCopyLocked(of: source, at: destination, etag: etag)
                     guard copiedTo[ExactString(destination)] == operation.id else { return changeLocked(destination) != nil }
                     copiedTo.removeValue(forKey: ExactString(destination))
                     if case .present(.file(let old)) = changeLocked(destination) {
@@ -870,6 +871,24 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             return nil
         } catch {
             return error
+        }
+    }
+
+    /// After the copy of `source` to `destination` (ETag `etag`): the files renamed on from `destination`
+    /// before it ran, still read from `source`, are read from the copy from now on, since the delete of
+    /// `source` that follows may run before their own copies. Journaled, so a crash does not point them back.
+    private func readFromCopyLocked(of source: String, at destination: String, etag: String) {
+        for index in pending.indices {
+            guard case .copy(let from, let to, let shown?) = pending[index].kind,
+                ExactString(from) == ExactString(destination), ExactString(shown.key) == ExactString(source)
+            else { continue }
+            let copy = ObjectInfo(key: destination, size: shown.size, modified: shown.modified, etag: etag)
+            let id = pending[index].id
+            try? journal.append([.destinationReads(id: id, object: copy)])
+            pending[index].kind = .copy(from, to, shown: copy)
+            if copiedTo[ExactString(to)] == id, case .present(.file(let old)) = changeLocked(to), ExactString(old.key) == ExactString(source) {
+                insertLocked(to, .present(.file(copy)))
+            }
         }
     }
 

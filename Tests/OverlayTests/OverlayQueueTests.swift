@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import Namespace
 import ObjectStore
@@ -51,6 +52,55 @@ import TestSupport
         #expect(overlay.sync(prefix: "").isEmpty)
         let keys = try LocalStore(root: bucket.path).listAll(prefix: "", delimiter: nil).objects.map(\.key)
         #expect(keys == ["checkpoint-1/model.bin"], "the source was deleted before its copy succeeded")
+    }
+
+    /// A local bucket whose copies to `held` wait until `proceed` is signalled (`started` once one waits).
+    final class HeldCopyStore: LocalBucketStore {
+        let bucket: LocalStore
+        let held: String
+        let started = DispatchSemaphore(value: 0)
+        let proceed = DispatchSemaphore(value: 0)
+
+        init(root: String, holding held: String) {
+            bucket = LocalStore(root: root)
+            self.held = held
+        }
+
+        func copy(from source: String, to destination: String) throws(StoreError) -> String {
+            if destination == held {
+                started.signal()
+                proceed.wait()
+            }
+            return try bucket.copy(from: source, to: destination)
+        }
+    }
+
+    @Test func aFileRenamedTwiceBeforeItsFirstCopyRanIsReadFromTheFirstCopyOnceItsSourceIsDeleted() throws {
+        let staging = ScratchDirectory()
+        let bucket = ScratchDirectory()
+        try putObject("weights", as: "a.bin", in: bucket.path)
+        let store = HeldCopyStore(root: bucket.path, holding: "c.bin")
+        let overlay = try Overlay(store: store, configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
+        let original = try store.head(key: "a.bin")
+        try overlay.rename("a.bin", to: "b.bin", sourceInStore: true, sourceInfo: original)
+        try overlay.rename("b.bin", to: "c.bin", sourceInStore: true, sourceInfo: original)  // before a.bin -> b.bin ran
+        store.started.wait()  // a.bin was copied to b.bin; b.bin -> c.bin is held
+        for _ in 0..<500 where access(bucket.path + "/a.bin", F_OK) == 0 { usleep(10_000) }
+        #expect(access(bucket.path + "/a.bin", F_OK) != 0, "the first rename's delete never ran")
+        guard case .present(.file(let shown))? = overlay.change(in: "", name: "c.bin") else {
+            store.proceed.signal()
+            Issue.record("c.bin is not shown")
+            return
+        }
+        var bytes: [UInt8] = []
+        #expect(throws: Never.self, "c.bin is read from a deleted object") {
+            try store.get(key: shown.key, range: 0..<shown.size, etag: shown.etag) { bytes += $0 }
+        }
+        #expect(String(decoding: bytes, as: UTF8.self) == "weights")
+        store.proceed.signal()
+        #expect(overlay.sync(prefix: "").isEmpty)
+        let keys = try store.bucket.listAll(prefix: "", delimiter: nil).objects.map(\.key)
+        #expect(keys == ["c.bin"])
     }
 
     /// A bucket that allows no deletes.
