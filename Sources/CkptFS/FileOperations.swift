@@ -423,9 +423,8 @@ extension FileSystem {
         if case .staged(let handle) = open.content, handle.writable {
             do throws(OverlayError) {
                 if open.backing != 0 {
-                    if !open.flushed.exchange(true, ordering: .acquiringAndReleasing) {
-                        passthrough.writerClosed(open.ino, backing: open.backing)
-                    }
+                    let first = !open.flushed.exchange(true, ordering: .acquiringAndReleasing)
+                    passthrough.writerFlushed(open.ino, backing: open.backing, first: first)
                     // The kernel wrote to the staged file without telling us: count it as changed.
                     try overlay?.reserve(handle.file, growingTo: handle.file.size)
                     handle.file.changes.add(1, ordering: .releasing)

@@ -32,6 +32,8 @@ final class Passthrough: Sendable {
         /// Of `handles`, the writers, and those of them that were flushed (closed, their RELEASE to come).
         var writers = 0
         var closingWriters = 0
+        /// When a writer of it was last flushed (`Monitor.now()`).
+        var flushedAt: Double = 0
 
         /// Whether only writers that were closed hold it: it goes once their RELEASEs arrive.
         var isClosing: Bool { writers > 0 && closingWriters == writers && handles == writers }
@@ -122,21 +124,26 @@ final class Passthrough: Sendable {
         while !done() && released.wait(until: deadline) {}
     }
 
-    /// Waits up to `seconds` while inode `ino` is served from a backing file that only writers already
-    /// closed hold: `close()` returns before the kernel sends their RELEASE, and a reader that joined the
-    /// backing file then would keep the inode in passthrough from that version (a later writer, which
-    /// needs a new one, would fail with `EBUSY`). A writer still writing through a duplicate of a closed
-    /// descriptor keeps it: the reader joins it after the wait.
+    /// Waits while inode `ino` is served from a backing file that only writers already closed hold, until
+    /// `seconds` after the last one's flush: `close()` returns before the kernel sends their RELEASE, and a
+    /// reader that joined the backing file then would keep the inode in passthrough from that version (a
+    /// later writer, which needs a new one, would fail with `EBUSY`). A RELEASE not there by then is not
+    /// coming: a writer goes on through a duplicate of the closed descriptor (a forked child's exit, or an
+    /// `exec`, flushes too), and the reader joins it.
     func waitForClosingWriters(_ ino: UInt64, seconds: Double) {
-        let closing = { self.opens.withLock { $0.backed[ino]?.contains(where: \.isClosing) == true } }
-        if closing() { waitForRelease(ino, seconds: seconds) { !closing() } }
+        let flushed = { self.opens.withLock { $0.backed[ino]?.filter(\.isClosing).map(\.flushedAt).max() } }
+        guard let at = flushed() else { return }
+        let remaining = at + seconds - Monitor.now()
+        if remaining > 0 { waitForRelease(ino, seconds: remaining) { flushed() == nil } }
     }
 
-    /// A writer's handle of inode `ino` in passthrough from `backing` was flushed for the first time.
-    func writerClosed(_ ino: UInt64, backing: Int32) {
+    /// A writer's handle of inode `ino` in passthrough from `backing` was flushed (a descriptor of it was
+    /// closed), for the `first` time or again.
+    func writerFlushed(_ ino: UInt64, backing: Int32, first: Bool) {
         opens.withLock { opens in
             guard let index = opens.backed[ino]?.firstIndex(where: { $0.id == backing }) else { return }
-            opens.backed[ino]![index].closingWriters += 1
+            if first { opens.backed[ino]![index].closingWriters += 1 }
+            opens.backed[ino]![index].flushedAt = Monitor.now()
         }
     }
 

@@ -193,9 +193,25 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         return space
     }
 
-    /// Whether a writer opening `file` now would get a copy of it (an upload of it runs, nobody writes it).
+    /// Whether a writer opening `file` now would get another file (a copy of it, or its key's newer version):
+    /// nobody writes it, and an upload of it runs or it is no longer its key's version.
     public func copiesOnWrite(_ file: StagedFile) -> Bool {
-        monitor.withLock { file.writers == 0 && running.values.contains { $0.uploads(file) } }
+        monitor.withLock { file.writers == 0 && (supersededLocked(file) != nil || running.values.contains { $0.uploads(file) }) }
+    }
+
+    /// Why `file`, which a caller looked up as its key's version, is no longer it (nil: it still is): its
+    /// key has another staged version now (`.replaced`), or its own upload finished and dropped it, the
+    /// name being served from the store (`.uploaded`). A file removed or renamed otherwise is neither.
+    private func supersededLocked(_ file: StagedFile) -> Superseded? {
+        let current = staged[ExactString(file.key)]
+        if let current, current !== file { return .replaced(by: current) }
+        if current == nil, file.uploadedETag != nil, storedLocked(file.key)?.etag == file.uploadedETag { return .uploaded }
+        return nil
+    }
+
+    private enum Superseded {
+        case replaced(by: StagedFile)
+        case uploaded
     }
 
     /// The largest object in the store a rename can move (by server-side copy).
@@ -280,26 +296,34 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// Opens an existing staged file for writing, emptied with `truncate`. If an upload of it is running
     /// right now (its last queued one, or an earlier one that a second close of the same content queued
     /// again), or finished since the caller looked the file up, and nobody writes it, the writer gets a
-    /// fresh copy so no upload sees a half-written file and no write goes into a dropped one (or,
-    /// `inPlace`, the open fails with `EBUSY` before anything changes); otherwise its queued upload is
-    /// cancelled. A file that has a writer is always shared: that writer (whose `close()` of a duplicate
-    /// descriptor queued the running upload) goes on writing into it, and its last close queues it again.
+    /// fresh copy so no upload sees a half-written file and no write goes into a dropped one; if another
+    /// version replaced it since, that one is opened (either way, with `inPlace`, the open fails with
+    /// `EBUSY` before anything changes); otherwise its queued upload is cancelled. A file that has a writer
+    /// is always shared: that writer (whose `close()` of a duplicate descriptor queued the running upload)
+    /// goes on writing into it, and its last close queues it again.
     public func openForWrite(_ file: StagedFile, truncate: Bool = false, inPlace: Bool = false) throws(OverlayError) -> StagedFile {
-        let (uploading, cancelled) = try monitor.withLock { () throws(OverlayError) -> (Bool, [UInt64]) in
-            // Its upload may have finished since the caller looked it up, and dropped it: the name is served
-            // from the store, so the writer needs a version of its own again (a copy of the same bytes).
-            let dropped = staged[ExactString(file.key)] !== file && file.uploadedETag != nil
-                && storedLocked(file.key)?.etag == file.uploadedETag
-            if file.writers == 0 && (dropped || running.values.contains(where: { $0.uploads(file) })) {
-                if inPlace { throw OverlayError(path: file.path, errno: EBUSY) }
-                return (true, [])
+        enum Plan { case inPlace(cancelled: [UInt64]), copy, open(StagedFile) }
+        let plan = try monitor.withLock { () throws(OverlayError) -> Plan in
+            if file.writers == 0 {
+                let superseded = supersededLocked(file)
+                if superseded != nil || running.values.contains(where: { $0.uploads(file) }) {
+                    if inPlace { throw OverlayError(path: file.path, errno: EBUSY) }
+                    if case .replaced(let current)? = superseded { return .open(current) }
+                    return .copy
+                }
             }
             let cancelled = pending.filter { $0.uploads(file) }.map(\.id)
             pending.removeAll { $0.uploads(file) }
             file.upload = nil
             file.writers += 1
             file.generation += 1
-            return (false, cancelled)
+            return .inPlace(cancelled: cancelled)
+        }
+        let cancelled: [UInt64]
+        switch plan {
+        case .open(let current): return try openForWrite(current, truncate: truncate)
+        case .copy: cancelled = []
+        case .inPlace(let ids): cancelled = ids
         }
         if !cancelled.isEmpty {
             do throws(OverlayError) {
@@ -309,9 +333,13 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 throw error
             }
         }
-        let writer = uploading ? try copyForWriting(file, truncate: truncate) : file
-        if truncate { empty(writer) }
-        return writer
+        if case .copy = plan {
+            let writer = try copyForWriting(file, truncate: truncate)
+            if truncate { empty(writer) }
+            return writer
+        }
+        if truncate { empty(file) }
+        return file
     }
 
     /// Opens for writing a staged file whose name was removed or replaced while it was open (it is no longer
@@ -831,7 +859,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                     logger.warning("could not delete a directory marker; it stays in the bucket", metadata: ["key": "\(key)", "error": "\(error)"])
                 }
                 monitor.withLock { _ = uploadedKeys.remove(ExactString(key)) }
-            case .copy(let source, let destination, _):
+            case .copy(let source, let destination, let read):
                 let etag: String
                 do throws(StoreError) {
                     etag = try store.copy(from: source, to: destination)
@@ -854,7 +882,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 let shown = monitor.withLock { () -> Bool in
                     uploadedKeys.insert(ExactString(destination))
                     noteDirectoriesLocked(of: destination)
-                    readFromCopyLocked(of: source, at: destination, etag: etag)
+                    readFromCopyLocked(of: source, version: read, at: destination, etag: etag)
                     guard copiedTo[ExactString(destination)] == operation.id else { return changeLocked(destination) != nil }
                     copiedTo.removeValue(forKey: ExactString(destination))
                     if case .present(.file(let old)) = changeLocked(destination) {
@@ -874,13 +902,14 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         }
     }
 
-    /// After the copy of `source` to `destination` (ETag `etag`): the files renamed on from `destination`
-    /// before it ran, still read from `source`, are read from the copy from now on, since the delete of
-    /// `source` that follows may run before their own copies. Journaled, so a crash does not point them back.
-    private func readFromCopyLocked(of source: String, at destination: String, etag: String) {
+    /// After the copy of `source` (the object `version`, if known) to `destination` (ETag `etag`): the files
+    /// renamed on from `destination` before it ran (a → b → c → …), still read from `source`, are read from
+    /// the copy from now on, since the delete of `source` that follows may run before their own copies; the
+    /// next copy of the chain moves them on again. Journaled, so a crash does not point them back.
+    private func readFromCopyLocked(of source: String, version: ObjectInfo?, at destination: String, etag: String) {
         for index in pending.indices {
-            guard case .copy(let from, let to, let shown?) = pending[index].kind,
-                ExactString(from) == ExactString(destination), ExactString(shown.key) == ExactString(source)
+            guard case .copy(let from, let to, let shown?) = pending[index].kind, ExactString(shown.key) == ExactString(source),
+                version.map({ $0.etag == shown.etag }) ?? (ExactString(from) == ExactString(destination))
             else { continue }
             let copy = ObjectInfo(key: destination, size: shown.size, modified: shown.modified, etag: etag)
             let id = pending[index].id

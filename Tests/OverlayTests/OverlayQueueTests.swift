@@ -75,32 +75,36 @@ import TestSupport
         }
     }
 
-    @Test func aFileRenamedTwiceBeforeItsFirstCopyRanIsReadFromTheFirstCopyOnceItsSourceIsDeleted() throws {
+    @Test func aFileRenamedOnBeforeItsFirstCopyRanIsReadFromTheLastCopyMadeOnceTheObjectsBeforeAreDeleted() throws {
         let staging = ScratchDirectory()
         let bucket = ScratchDirectory()
         try putObject("weights", as: "a.bin", in: bucket.path)
-        let store = HeldCopyStore(root: bucket.path, holding: "c.bin")
+        let store = HeldCopyStore(root: bucket.path, holding: "d.bin")
         let overlay = try Overlay(store: store, configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
         let original = try store.head(key: "a.bin")
+        // All before a.bin -> b.bin runs: each destination is shown read from a.bin.
         try overlay.rename("a.bin", to: "b.bin", sourceInStore: true, sourceInfo: original)
-        try overlay.rename("b.bin", to: "c.bin", sourceInStore: true, sourceInfo: original)  // before a.bin -> b.bin ran
-        store.started.wait()  // a.bin was copied to b.bin; b.bin -> c.bin is held
-        for _ in 0..<500 where access(bucket.path + "/a.bin", F_OK) == 0 { usleep(10_000) }
-        #expect(access(bucket.path + "/a.bin", F_OK) != 0, "the first rename's delete never ran")
-        guard case .present(.file(let shown))? = overlay.change(in: "", name: "c.bin") else {
+        try overlay.rename("b.bin", to: "c.bin", sourceInStore: true, sourceInfo: original)
+        try overlay.rename("c.bin", to: "d.bin", sourceInStore: true, sourceInfo: original)
+        store.started.wait()  // a.bin -> b.bin -> c.bin were copied; c.bin -> d.bin is held
+        for _ in 0..<500 where access(bucket.path + "/a.bin", F_OK) == 0 || access(bucket.path + "/b.bin", F_OK) == 0 {
+            usleep(10_000)
+        }
+        #expect(access(bucket.path + "/a.bin", F_OK) != 0 && access(bucket.path + "/b.bin", F_OK) != 0, "the deletes never ran")
+        guard case .present(.file(let shown))? = overlay.change(in: "", name: "d.bin") else {
             store.proceed.signal()
-            Issue.record("c.bin is not shown")
+            Issue.record("d.bin is not shown")
             return
         }
         var bytes: [UInt8] = []
-        #expect(throws: Never.self, "c.bin is read from a deleted object") {
+        #expect(throws: Never.self, "d.bin is read from a deleted object") {
             try store.get(key: shown.key, range: 0..<shown.size, etag: shown.etag) { bytes += $0 }
         }
         #expect(String(decoding: bytes, as: UTF8.self) == "weights")
         store.proceed.signal()
         #expect(overlay.sync(prefix: "").isEmpty)
         let keys = try store.bucket.listAll(prefix: "", delimiter: nil).objects.map(\.key)
-        #expect(keys == ["c.bin"])
+        #expect(keys == ["d.bin"])
     }
 
     /// A bucket that allows no deletes.
@@ -183,6 +187,26 @@ import TestSupport
         var bytes = [UInt8](repeating: 0, count: 64)
         let count = read(fd, &bytes, bytes.count)
         #expect(String(decoding: bytes.prefix(max(count, 0)), as: UTF8.self) == "step 1\nstep 2\n", "the append went into the dropped file")
+    }
+
+    @Test func aWriterOpeningAVersionReplacedSinceItWasLookedUpOpensTheNewOne() throws {
+        let staging = ScratchDirectory()
+        let bucket = ScratchDirectory()
+        let overlay = try Overlay(store: LocalStore(root: bucket.path), configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
+        let looked = try overlay.create("logs/train.log")
+        write(looked, "step 1\n")
+        try overlay.releaseWriter(looked)
+        #expect(overlay.sync(prefix: "").isEmpty)
+        // Another writer copied the uploaded object up as a new version after this one was looked up.
+        guard case .present(.file(let stored)) = overlay.change(in: "logs/", name: "train.log") else {
+            Issue.record("the upload is not recorded")
+            return
+        }
+        let newer = try overlay.copyUp("logs/train.log", from: stored)
+        let writer = try overlay.openForWrite(looked)
+        #expect(writer === newer, "the writer opened a file that is no longer the log's version")
+        try overlay.releaseWriter(writer)
+        try overlay.releaseWriter(newer)
     }
 
     @Test func writesThroughADeletedFilesOpenDescriptorAreReturnedToTheBudgetAtItsClose() throws {
