@@ -167,15 +167,22 @@ import TestSupport
         #expect(access(second.path, F_OK) != 0)
     }
 
+    /// An overlay on a local bucket where `logs/train.log` was written and uploaded: the name is served from
+    /// the store, and the staged file that held it (returned) is gone.
+    private func uploadedLog(staging: ScratchDirectory, bucket: ScratchDirectory) throws -> (Overlay, StagedFile) {
+        let overlay = try Overlay(store: LocalStore(root: bucket.path), configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
+        let file = try overlay.create("logs/train.log")
+        write(file, "step 1\n")
+        try overlay.releaseWriter(file)
+        #expect(overlay.sync(prefix: "").isEmpty)
+        #expect(overlay.stagedFile("logs/train.log") == nil)
+        return (overlay, file)
+    }
+
     @Test func aWriterOpeningAVersionWhoseUploadFinishedSinceItWasLookedUpWritesANewVersion() throws {
         let staging = ScratchDirectory()
         let bucket = ScratchDirectory()
-        let overlay = try Overlay(store: LocalStore(root: bucket.path), configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
-        let looked = try overlay.create("logs/train.log")
-        write(looked, "step 1\n")
-        try overlay.releaseWriter(looked)
-        #expect(overlay.sync(prefix: "").isEmpty)  // uploaded: the name is served from the store, the staged file gone
-        #expect(overlay.stagedFile("logs/train.log") == nil)
+        let (overlay, looked) = try uploadedLog(staging: staging, bucket: bucket)
         // An open for appending looked the version up just before its upload finished.
         let writer = try overlay.openForWrite(looked)
         _ = "step 2\n".withCString { pwrite(writer.file.fd, $0, strlen($0), 7) }
@@ -192,11 +199,7 @@ import TestSupport
     @Test func aWriterOpeningAVersionReplacedSinceItWasLookedUpOpensTheNewOne() throws {
         let staging = ScratchDirectory()
         let bucket = ScratchDirectory()
-        let overlay = try Overlay(store: LocalStore(root: bucket.path), configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
-        let looked = try overlay.create("logs/train.log")
-        write(looked, "step 1\n")
-        try overlay.releaseWriter(looked)
-        #expect(overlay.sync(prefix: "").isEmpty)
+        let (overlay, looked) = try uploadedLog(staging: staging, bucket: bucket)
         // Another writer copied the uploaded object up as a new version after this one was looked up.
         guard case .present(.file(let stored)) = overlay.change(in: "logs/", name: "train.log") else {
             Issue.record("the upload is not recorded")
