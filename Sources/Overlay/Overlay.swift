@@ -298,7 +298,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// again), or finished since the caller looked the file up, and nobody writes it, the writer gets a
     /// fresh copy so no upload sees a half-written file and no write goes into a dropped one; if another
     /// version replaced it since, that one is opened (either way, with `inPlace`, the open fails with
-    /// `EBUSY` before anything changes); otherwise its queued upload is cancelled. A file that has a writer
+    /// `EBUSY` before anything changes); if its name was removed or renamed since, `ENOENT`; otherwise its
+    /// queued upload is cancelled. A file that has a writer
     /// is always shared: that writer (whose `close()` of a duplicate descriptor queued the running upload)
     /// goes on writing into it, and its last close queues it again.
     public func openForWrite(_ file: StagedFile, truncate: Bool = false, inPlace: Bool = false) throws(OverlayError) -> StagedFile {
@@ -306,6 +307,11 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         let plan = try monitor.withLock { () throws(OverlayError) -> Plan in
             if file.writers == 0 {
                 let superseded = supersededLocked(file)
+                // Neither its key's version nor superseded by one: its name was removed or renamed since the
+                // caller looked it up. The open is ordered after that: writes into the file would be lost.
+                if superseded == nil && staged[ExactString(file.key)] !== file {
+                    throw OverlayError(path: file.path, errno: ENOENT)
+                }
                 if superseded != nil || running.values.contains(where: { $0.uploads(file) }) {
                     if inPlace { throw OverlayError(path: file.path, errno: EBUSY) }
                     if case .replaced(let current)? = superseded { return .open(current) }

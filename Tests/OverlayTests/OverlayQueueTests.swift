@@ -212,6 +212,20 @@ import TestSupport
         try overlay.releaseWriter(newer)
     }
 
+    @Test func aWriterOpeningAVersionRenamedAwaySinceItWasLookedUpFailsRatherThanWriteIntoIt() throws {
+        let staging = ScratchDirectory()
+        let bucket = ScratchDirectory()
+        let (overlay, looked) = try uploadedLog(staging: staging, bucket: bucket)
+        guard case .present(.file(let stored)) = overlay.change(in: "logs/", name: "train.log") else {
+            Issue.record("the upload is not recorded")
+            return
+        }
+        try overlay.rename("logs/train.log", to: "logs/old.log", sourceInStore: true, sourceInfo: stored)
+        // Ordered after the rename, the open finds no file: writes into the dropped one would be lost.
+        #expect(throws: OverlayError.self) { _ = try overlay.openForWrite(looked) }
+        #expect(overlay.sync(prefix: "").isEmpty)
+    }
+
     @Test func writesThroughADeletedFilesOpenDescriptorAreReturnedToTheBudgetAtItsClose() throws {
         let staging = ScratchDirectory()
         let overlay = try Overlay(
