@@ -168,21 +168,26 @@ import TestSupport
     }
 
     /// An overlay on a local bucket where `logs/train.log` was written and uploaded: the name is served from
-    /// the store, and the staged file that held it (returned) is gone.
-    private func uploadedLog(staging: ScratchDirectory, bucket: ScratchDirectory) throws -> (Overlay, StagedFile) {
+    /// the store (`stored`), and the staged file that held it (returned) is gone.
+    private func uploadedLog(
+        staging: ScratchDirectory, bucket: ScratchDirectory
+    ) throws -> (overlay: Overlay, file: StagedFile, stored: ObjectInfo) {
         let overlay = try Overlay(store: LocalStore(root: bucket.path), configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
         let file = try overlay.create("logs/train.log")
         write(file, "step 1\n")
         try overlay.releaseWriter(file)
         #expect(overlay.sync(prefix: "").isEmpty)
         #expect(overlay.stagedFile("logs/train.log") == nil)
-        return (overlay, file)
+        guard case .present(.file(let stored)) = overlay.change(in: "logs/", name: "train.log") else {
+            throw OverlayError(path: "logs/train.log", errno: ENOENT, reason: "the upload is not recorded")
+        }
+        return (overlay, file, stored)
     }
 
     @Test func aWriterOpeningAVersionWhoseUploadFinishedSinceItWasLookedUpWritesANewVersion() throws {
         let staging = ScratchDirectory()
         let bucket = ScratchDirectory()
-        let (overlay, looked) = try uploadedLog(staging: staging, bucket: bucket)
+        let (overlay, looked, _) = try uploadedLog(staging: staging, bucket: bucket)
         // An open for appending looked the version up just before its upload finished.
         let writer = try overlay.openForWrite(looked)
         _ = "step 2\n".withCString { pwrite(writer.file.fd, $0, strlen($0), 7) }
@@ -199,12 +204,8 @@ import TestSupport
     @Test func aWriterOpeningAVersionReplacedSinceItWasLookedUpOpensTheNewOne() throws {
         let staging = ScratchDirectory()
         let bucket = ScratchDirectory()
-        let (overlay, looked) = try uploadedLog(staging: staging, bucket: bucket)
+        let (overlay, looked, stored) = try uploadedLog(staging: staging, bucket: bucket)
         // Another writer copied the uploaded object up as a new version after this one was looked up.
-        guard case .present(.file(let stored)) = overlay.change(in: "logs/", name: "train.log") else {
-            Issue.record("the upload is not recorded")
-            return
-        }
         let newer = try overlay.copyUp("logs/train.log", from: stored)
         let writer = try overlay.openForWrite(looked)
         #expect(writer === newer, "the writer opened a file that is no longer the log's version")
@@ -215,11 +216,7 @@ import TestSupport
     @Test func aWriterOpeningAVersionRenamedAwaySinceItWasLookedUpFailsRatherThanWriteIntoIt() throws {
         let staging = ScratchDirectory()
         let bucket = ScratchDirectory()
-        let (overlay, looked) = try uploadedLog(staging: staging, bucket: bucket)
-        guard case .present(.file(let stored)) = overlay.change(in: "logs/", name: "train.log") else {
-            Issue.record("the upload is not recorded")
-            return
-        }
+        let (overlay, looked, stored) = try uploadedLog(staging: staging, bucket: bucket)
         try overlay.rename("logs/train.log", to: "logs/old.log", sourceInStore: true, sourceInfo: stored)
         // Ordered after the rename, the open finds no file: writes into the dropped one would be lost.
         #expect(throws: OverlayError.self) { _ = try overlay.openForWrite(looked) }
