@@ -249,9 +249,12 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 source = newer
                 continue
             }
-            enum Outcome { case staged(StagedFile), replaced(ObjectInfo) }
+            enum Outcome { case staged(StagedFile), replaced(ObjectInfo), removed }
             let outcome = try published(file) { () -> Outcome? in
                 if let current = self.staged[ExactString(key)] { return .staged(current) }
+                // Renamed or deleted since the caller looked it up: an open ordered after that finds no file
+                // (publishing the copy would bring the name back).
+                if case .removed? = self.changeLocked(key) { return .removed }
                 if let newer = self.storedLocked(key), newer.etag != source.etag { return .replaced(newer) }
                 return nil
             }
@@ -262,6 +265,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 return try openForWrite(current)
             case .replaced(let newer)?:
                 source = newer
+            case .removed?:
+                throw OverlayError(path: key, errno: ENOENT)
             }
         }
         throw OverlayError(path: key, errno: ESTALE)

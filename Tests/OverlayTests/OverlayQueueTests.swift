@@ -223,6 +223,21 @@ import TestSupport
         #expect(overlay.sync(prefix: "").isEmpty)
     }
 
+    @Test func aCopyUpOfAnObjectRenamedAwaySinceItWasLookedUpFailsRatherThanBringItsNameBack() throws {
+        let staging = ScratchDirectory()
+        let bucket = ScratchDirectory()
+        try putObject("weights", as: "x.bin", in: bucket.path)
+        let store = LocalStore(root: bucket.path)
+        let overlay = try Overlay(store: store, configuration: .init(directory: staging.path + "/r", rootPrefix: ""))
+        let looked = try store.head(key: "x.bin")
+        try overlay.rename("x.bin", to: "y.bin", sourceInStore: true, sourceInfo: looked)
+        // An open for writing looked x.bin up just before the rename.
+        #expect(throws: OverlayError.self) { _ = try overlay.copyUp("x.bin", from: looked) }
+        #expect(overlay.change(in: "", name: "x.bin") == .removed)
+        #expect(overlay.sync(prefix: "").isEmpty)
+        #expect(try store.listAll(prefix: "", delimiter: nil).objects.map(\.key) == ["y.bin"])
+    }
+
     @Test func writesThroughADeletedFilesOpenDescriptorAreReturnedToTheBudgetAtItsClose() throws {
         let staging = ScratchDirectory()
         let overlay = try Overlay(
