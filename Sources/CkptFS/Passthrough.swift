@@ -131,6 +131,7 @@ final class Passthrough: Sendable {
     /// coming: a writer goes on through a duplicate of the closed descriptor (a forked child's exit, or an
     /// `exec`, flushes too), and the reader joins it.
     func waitForClosingWriters(_ ino: UInt64, seconds: Double) {
+        guard stagedFiles else { return }  // staged files never in passthrough: no writer holds a backing file
         let flushed = { self.opens.withLock { $0.backed[ino]?.filter(\.isClosing).map(\.flushedAt).max() } }
         guard let at = flushed() else { return }
         let remaining = at + seconds - Monitor.now()

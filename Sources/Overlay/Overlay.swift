@@ -304,9 +304,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     /// fresh copy so no upload sees a half-written file and no write goes into a dropped one; if another
     /// version replaced it since, that one is opened (either way, with `inPlace`, the open fails with
     /// `EBUSY` before anything changes); if its name was removed or renamed since, `ENOENT`; otherwise its
-    /// queued upload is cancelled. A file that has a writer
-    /// is always shared: that writer (whose `close()` of a duplicate descriptor queued the running upload)
-    /// goes on writing into it, and its last close queues it again.
+    /// queued upload is cancelled. A file that has a writer is always shared: that writer (whose `close()`
+    /// of a duplicate descriptor queued the running upload) goes on writing into it, and its last close
+    /// queues it again.
     public func openForWrite(_ file: StagedFile, truncate: Bool = false, inPlace: Bool = false) throws(OverlayError) -> StagedFile {
         enum Plan { case inPlace(cancelled: [UInt64]), copy, open(StagedFile) }
         let plan = try monitor.withLock { () throws(OverlayError) -> Plan in
@@ -330,11 +330,11 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             file.generation += 1
             return .inPlace(cancelled: cancelled)
         }
-        let cancelled: [UInt64]
+        let (cancelled, copying): ([UInt64], Bool)
         switch plan {
         case .open(let current): return try openForWrite(current, truncate: truncate)
-        case .copy: cancelled = []
-        case .inPlace(let ids): cancelled = ids
+        case .copy: (cancelled, copying) = ([], true)
+        case .inPlace(let ids): (cancelled, copying) = (ids, false)
         }
         if !cancelled.isEmpty {
             do throws(OverlayError) {
@@ -344,13 +344,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 throw error
             }
         }
-        if case .copy = plan {
-            let writer = try copyForWriting(file, truncate: truncate)
-            if truncate { empty(writer) }
-            return writer
-        }
-        if truncate { empty(file) }
-        return file
+        let writer = copying ? try copyForWriting(file, truncate: truncate) : file
+        if truncate { empty(writer) }
+        return writer
     }
 
     /// Opens for writing a staged file whose name was removed or replaced while it was open (it is no longer
