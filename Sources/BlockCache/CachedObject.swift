@@ -27,6 +27,7 @@ public final class CachedObject: @unchecked Sendable {
     private let cache: BlockCache
     private let context: FetchContext
     private let logger = Logger(label: "ckptfs.fetch")
+    private let rewritten = Atomic<Bool>(false)
 
     // Guarded by `monitor`.
     private let monitor = Monitor()
@@ -115,6 +116,15 @@ public final class CachedObject: @unchecked Sendable {
 
     deinit {
         context.idleHeads.release(idleHeads)
+    }
+
+    /// Whether this mount has made a newer version of the file since this one was opened: then readers
+    /// of this one look for it first (see `markRewritten`).
+    public var isRewritten: Bool { rewritten.load(ordering: .acquiring) }
+
+    /// Records that a writer of this mount made a newer version of the file (a copy-up or a truncation).
+    public func markRewritten() {
+        rewritten.store(true, ordering: .releasing)
     }
 
     private func blockLength(_ index: Int) -> Int64 {

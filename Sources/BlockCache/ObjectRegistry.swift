@@ -44,6 +44,11 @@ public final class ObjectRegistry: Sendable {
         }
     }
 
+    /// Marks the shared reader of `info`'s version, if it is open, as rewritten (`CachedObject.markRewritten`).
+    public func markRewritten(_ info: ObjectInfo) {
+        open.withLock { $0[objectID(info)]?.object }?.markRewritten()
+    }
+
     /// Pins the blocks of `info` (cache identity `id`, from `objectID`) in the cache if all of them are
     /// there (see `BlockCache.pin`), so that the kernel can read the object from its data file; nil if it
     /// cannot be.

@@ -126,9 +126,12 @@ extension FileSystem {
             return try openForWriting(current, ino: ino, truncate: truncate, overlay: overlay)
         }
         if let ino, !passthrough.waitForRelease(ino, seconds: Self.releaseWait).isEmpty { throw FileError(EBUSY) }
-        return try overlayCall { () throws(OverlayError) in
+        let file = try overlayCall { () throws(OverlayError) in
             truncate ? try overlay.create(key) : try overlay.copyUp(key, from: info)
         }
+        // Descriptors that opened `info` before read the new version from now on (see `read`).
+        registry.markRewritten(info)
+        return file
     }
 
     /// Answers OPEN with `handle` (in passthrough if it has a backing file); releases it if the open failed.
@@ -149,9 +152,10 @@ extension FileSystem {
             case .remote(let remote):
                 let object = remote.object
                 // As on a local file system, a descriptor reads what writers of this mount wrote to its file
-                // since it opened it. Past the end of the version opened, a writer may have made a longer one
-                // since of a file this mount had not written yet.
-                if remote.rewritten || offset + Int64(size) > object.size && overlay?.wrote(object.key) == true,
+                // since it opened it; so no bytes of the version it opened reach the inode's page cache,
+                // where descriptors of the newer one would read them. Past the end of the version opened, a
+                // writer may have made a longer one since of a file this mount had not written yet.
+                if remote.rewritten || object.isRewritten || offset + Int64(size) > object.size && overlay?.wrote(object.key) == true,
                     let newer = successor(of: handle.ino, replacing: object, askingTheStore: false) {
                     return replyRead(req, ino: handle.ino, from: newer, size: size, offset: offset, through: base)
                 }

@@ -315,3 +315,32 @@ def test_a_modification_time_set_before_close_is_kept(mounter, ckptfs_bin, moto_
     assert os.stat(copied).st_mtime == 1_600_000_000
     sync(ckptfs_bin, moto_env, copied)
     assert os.stat(copied).st_mtime == 1_600_000_000
+
+
+@pytest.mark.parametrize("view", ["read", "page-cache", "mmap"])
+def test_a_descriptor_opened_before_this_mount_rewrote_its_file_reads_the_new_bytes(
+        mounter, moto_client, ckptfs_bin, moto_env, bucket, view):
+    old = b"A" * (1 << 20)
+    moto_client.put_object(Bucket=bucket, Key="f.bin", Body=old)
+    args = ["--allow-overwrite"] + (["--page-cache"] if view == "page-cache" else [])
+    path = mounter.mount(f"s3://{bucket}", args=args).mountpoint / "f.bin"
+    reader = os.open(path, os.O_RDONLY)
+    mapping = mmap.mmap(reader, 0, prot=mmap.PROT_READ) if view == "mmap" else None
+    look = (lambda: mapping[:4]) if mapping else (lambda: os.pread(reader, 4, 0))
+    try:
+        assert look() == b"AAAA"
+        writer = os.open(path, os.O_WRONLY)  # write-only: its writes bypass the page cache
+        try:
+            assert look() == b"AAAA"  # the writer's copy (in the page cache of a caching view)
+            os.pwrite(writer, b"BBBB", 0)
+        finally:
+            os.close(writer)
+        assert look() == b"BBBB"  # was the version opened, which a caching view put in the inode's pages
+        assert path.read_bytes()[:8] == b"BBBBAAAA"
+        assert look() == b"BBBB"
+    finally:
+        if mapping:
+            mapping.close()
+        os.close(reader)
+    sync(ckptfs_bin, moto_env, path)
+    assert body(moto_client, bucket, "f.bin") == b"BBBB" + old[4:]
