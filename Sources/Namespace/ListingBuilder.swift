@@ -115,11 +115,16 @@ public struct ListingBuilder {
         if directories[ExactString(prefix)] == nil { directories[ExactString(prefix)] = [:] }
     }
 
+    /// Project prefix → job name → the newest modification time of an object in the job's checkpoints, for
+    /// the jobs holding checkpoints (filled by `addReferences(projects:)`).
+    public private(set) var jobTimes: [ExactString: [ExactString: Int64]] = [:]
+
     /// Adds `latest -> checkpoint-<largest N>` to every directory holding checkpoint directories and no
-    /// real `latest`; with `projects`, adds `latest -> <job>/checkpoint-N` to those project directories,
-    /// pointing at the checkpoint holding the most recently modified object (ties: the larger N). Remaining
-    /// ties go to the larger name bytes (`checkpoint-7` over `checkpoint-007`, `b/checkpoint-3` over
-    /// `a/checkpoint-3`), never to dictionary order.
+    /// real `latest`; with `projects`, adds `latest -> <job>/checkpoint-<largest N>` to those project
+    /// directories: the largest checkpoint of the most recent job, the one whose checkpoints hold the most
+    /// recently modified object (ties: the larger N). Remaining ties go to the larger name bytes
+    /// (`checkpoint-7` over `checkpoint-007`, `b/checkpoint-3` over `a/checkpoint-3`), never to dictionary
+    /// order.
     public mutating func addReferences(projects: Set<String> = []) {
         mergeChain()
         var jobLatest: [ExactString: Candidate] = [:]
@@ -134,18 +139,23 @@ public struct ListingBuilder {
         for (prefix, best) in jobLatest where directories[prefix]?["latest"] == nil {
             directories[prefix]?["latest"] = .symlink(target: best.target)
         }
-        for project in projects.map({ ExactString($0) }) where directories[project]?["latest"] == nil {
+        for project in projects.map({ ExactString($0) }) {
+            var times: [ExactString: Int64] = [:]
             var best: Candidate?
             for (jobName, kind) in directories[project] ?? [:] {
-                guard case .directory(let jobPrefix) = kind else { continue }
+                guard case .directory(let jobPrefix) = kind, let latest = jobLatest[ExactString(jobPrefix)] else { continue }
+                var time = Int64.min
                 for (name, child) in directories[ExactString(jobPrefix)] ?? [:] {
-                    guard case .directory(let checkpointPrefix) = child, let number = NameRules.checkpointNumber(name.string),
-                        let time = newest[ExactString(checkpointPrefix)]
+                    guard case .directory(let checkpointPrefix) = child, NameRules.checkpointNumber(name.string) != nil,
+                        let newest = newest[ExactString(checkpointPrefix)]
                     else { continue }
-                    Candidate(target: jobName.string + "/" + name.string, time: time, number: number).replaces(&best)
+                    time = max(time, newest)
                 }
+                times[jobName] = time
+                Candidate(target: jobName.string + "/" + latest.target, time: time, number: latest.number).replaces(&best)
             }
-            if let best { directories[project]?["latest"] = .symlink(target: best.target) }
+            jobTimes[project] = times
+            if let best, directories[project]?["latest"] == nil { directories[project]?["latest"] = .symlink(target: best.target) }
         }
     }
 

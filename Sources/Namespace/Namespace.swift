@@ -45,6 +45,8 @@ public final class Namespace: Sendable {
         /// When the store's listing of this directory was last seen to change by another client
         /// (nanoseconds since the epoch; 0 while it is as first fetched).
         var changedAt: Int64 = 0
+        /// Of a project listed flat: job name → newest modification time (seconds) in its checkpoints.
+        var jobTimes: [ExactString: Int64] = [:]
 
         /// The listing of `sorted`, entries ordered by their names' bytes.
         init(_ sorted: [DirEntry], fetchedAt: Double) {
@@ -227,6 +229,10 @@ public final class Namespace: Sendable {
     /// old node id, and would take the new file for the old). Until the kernel forgets it, the old inode
     /// reports `kind`, what the name was, and a staged file the size and mtime of its `content`.
     public func detach(parent: UInt64, name: String, as kind: EntryKind, content: (any FileContent)? = nil) {
+        if case .directory(let prefix) = kind {
+            // A directory made again under its name starts without the links unlinked in this one.
+            unlinkedReferences.withLock { $0 = $0.filter { !$0.key.string.hasPrefix(prefix) } }
+        }
         table.withLock { table in
             guard let ino = table.byName.removeValue(forKey: ParentName(parent: parent, name: name)) else { return }
             table.inodes[ino]?.kind = kind
@@ -245,7 +251,7 @@ public final class Namespace: Sendable {
         let prefix = try directoryPrefix(ino)
         let listing = try listing(prefix)
         guard let changes = overlay?.changes(in: prefix), !changes.isEmpty else { return listing.order }
-        return DirectoryOrder(merge(prefix, listing.entries, changes))
+        return DirectoryOrder(merge(prefix, listing, changes))
     }
 
     /// The key prefix of directory `ino` (ends with `/`, or is the root prefix).
@@ -267,7 +273,7 @@ public final class Namespace: Sendable {
     /// mount saved or removed move it.
     private func listedKind(_ prefix: String, _ name: String) throws(NamespaceError) -> EntryKind? {
         let listing = try listing(prefix)
-        if name == Self.reference, let changes = overlay?.changes(in: prefix), let latest = reference(prefix, listing.entries, changes) {
+        if name == Self.reference, let changes = overlay?.changes(in: prefix), let latest = reference(prefix, listing, changes) {
             if case .link(let target) = latest { return .symlink(target: target) }
             return nil
         }
@@ -303,19 +309,19 @@ public final class Namespace: Sendable {
 
     /// The merged entries of the directory `prefix`.
     public func entries(prefix: String) throws(NamespaceError) -> [DirEntry] {
-        let remote = try listing(prefix).entries
-        guard let changes = overlay?.changes(in: prefix), !changes.isEmpty else { return remote }
-        return merge(prefix, remote, changes).sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+        let listing = try listing(prefix)
+        guard let changes = overlay?.changes(in: prefix), !changes.isEmpty else { return listing.entries }
+        return merge(prefix, listing, changes).sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
     }
 
     /// The store's entries with the overlay's changes applied, unordered. A change whose name no file can
     /// have (one holding `/`) is left out: the kernel refuses a whole READDIR reply for one such entry.
-    private func merge(_ prefix: String, _ remote: [DirEntry], _ changes: [ExactString: OverlayChange]) -> [DirEntry] {
-        var merged = remote.filter { changes[ExactString($0.name)] == nil }
+    private func merge(_ prefix: String, _ listing: Listing, _ changes: [ExactString: OverlayChange]) -> [DirEntry] {
+        var merged = listing.entries.filter { changes[ExactString($0.name)] == nil }
         for (name, change) in changes where NameRules.isValid(name.string) {
             if case .present(let kind) = change { merged.append(DirEntry(name: name.string, kind: kind)) }
         }
-        if let latest = reference(prefix, remote, changes) {
+        if let latest = reference(prefix, listing, changes) {
             merged.removeAll { $0.name == Self.reference }
             if case .link(let target) = latest { merged.append(DirEntry(name: Self.reference, kind: .symlink(target: target))) }
         }
@@ -332,50 +338,81 @@ public final class Namespace: Sendable {
     }
 
     /// The `latest` of directory `prefix` as this mount's checkpoints move it (nil: the store's entries
-    /// stand). Not where the directory holds a real `latest`, or this mount changed that name.
-    private func reference(_ prefix: String, _ remote: [DirEntry], _ changes: [ExactString: OverlayChange]) -> Reference? {
+    /// stand). Not where the directory holds a real `latest`, or this mount changed that name. A link
+    /// unlinked here stays hidden while it points where it did; once it moves, it is shown again.
+    private func reference(_ prefix: String, _ listing: Listing, _ changes: [ExactString: OverlayChange]) -> Reference? {
         guard changes[ExactString(Self.reference)] == nil else { return nil }
-        let link = remote.first { $0.name == Self.reference }
+        let link = listing.entry(Self.reference)
         if let link {
             guard case .symlink = link.kind else { return nil }
         }
         let relative = NameRules.suffix(of: prefix, after: configuration.rootPrefix) ?? ""
         let found = NameRules.segments(relative).count == 2
-            ? projectReference(changes, storeTarget: link.flatMap { if case .symlink(let target) = $0.kind { target } else { nil } })
-            : jobReference(remote, changes)
+            ? projectReference(listing, changes)
+            : jobReference(listing.entries, changes)
         guard case .link(let target)? = found else { return found }
-        let unlinked = unlinkedReferences.withLock { $0[ExactString(prefix)]?[ExactString(Self.reference)] }
-        return unlinked == target ? .hidden : .link(target)
+        let (directory, name) = (ExactString(prefix), ExactString(Self.reference))
+        let hidden = unlinkedReferences.withLock { unlinked -> Bool in
+            guard let old = unlinked[directory]?[name] else { return false }
+            if old == target { return true }
+            unlinked[directory]?[name] = nil
+            return false
+        }
+        return hidden ? .hidden : .link(target)
     }
 
-    /// A project's `latest` when this mount saved or removed checkpoints in it: the checkpoint this mount
-    /// changed last (by `Overlay.changeTime`); else the store's target unless this mount removed it.
-    private func projectReference(_ changes: [ExactString: OverlayChange], storeTarget: String?) -> Reference? {
+    /// A project's `latest` when this mount saved or removed checkpoints in it, or removed a job: the
+    /// largest checkpoint of the most recent job, the one whose checkpoints changed last (the newest object
+    /// the store lists in them, or this mount's last change to them or to the job's names, by
+    /// `Overlay.changeTime`; ties: the larger job name bytes). Nil (the listing's link stands) where this
+    /// mount changed none of them.
+    private func projectReference(_ listing: Listing, _ changes: [ExactString: OverlayChange]) -> Reference? {
         guard let overlay else { return nil }
-        var best: (target: String, time: Int64, number: CheckpointNumber)?
-        for (job, change) in changes {
-            guard case .present(.directory(let jobPrefix)) = change else { continue }
-            for (name, child) in overlay.changes(in: jobPrefix) {
-                guard case .present(.directory(let checkpointPrefix)) = child, let number = NameRules.checkpointNumber(name.string),
-                    let time = overlay.changeTime(of: checkpointPrefix)
-                else { continue }
-                if let current = best, (time, number) <= (current.time, current.number) { continue }
-                best = (job.string + "/" + name.string, time, number)
+        var jobs: [ExactString: (prefix: String, time: Int64)] = [:]
+        for (job, seconds) in listing.jobTimes {
+            if case .directory(let jobPrefix)? = listing.entry(job.string)?.kind {
+                jobs[job] = (jobPrefix, seconds.multipliedReportingOverflow(by: 1_000_000_000).partialValue)
             }
         }
-        if let best { return .link(best.target) }
-        guard let storeTarget else { return nil }
-        let (job, checkpoint) = NameRules.split(storeTarget)
-        let jobName = ExactString(String(job.dropLast()))
-        if changes[jobName] == .removed { return .hidden }
-        guard case .present(.directory(let jobPrefix))? = changes[jobName] else { return nil }
-        return overlay.change(in: jobPrefix, name: checkpoint) == .removed ? .hidden : nil
+        var changed = false
+        for (job, change) in changes {
+            switch change {
+            case .removed:
+                if jobs.removeValue(forKey: job) != nil { changed = true }
+            case .present(.directory(let jobPrefix)):
+                let checkpoints = overlay.changes(in: jobPrefix).filter { NameRules.checkpointNumber($0.key.string) != nil }
+                guard !checkpoints.isEmpty else { continue }
+                changed = true
+                var time = max(overlay.changeTime(of: jobPrefix) ?? .min, jobs[job]?.time ?? .min)
+                for case (_, .present(.directory(let checkpointPrefix))) in checkpoints {
+                    time = max(time, overlay.changeTime(of: checkpointPrefix) ?? .min)
+                }
+                jobs[job] = (jobPrefix, time)
+            case .present:
+                continue
+            }
+        }
+        guard changed else { return nil }
+        let newestFirst = jobs.sorted { a, b in
+            a.value.time != b.value.time ? a.value.time > b.value.time : b.key.string.utf8.lexicographicallyPrecedes(a.key.string.utf8)
+        }
+        for (job, (jobPrefix, _)) in newestFirst {
+            let remote = (try? self.listing(jobPrefix).entries) ?? []
+            if let checkpoint = largestCheckpoint(remote, overlay.changes(in: jobPrefix)) { return .link(job.string + "/" + checkpoint) }
+        }
+        return .hidden
     }
 
     /// A job's `latest` when this mount made or removed checkpoints in it: the largest checkpoint it shows
     /// now (hidden: none).
     private func jobReference(_ remote: [DirEntry], _ changes: [ExactString: OverlayChange]) -> Reference? {
         guard changes.keys.contains(where: { NameRules.checkpointNumber($0.string) != nil }) else { return nil }
+        return largestCheckpoint(remote, changes).map { .link($0) } ?? .hidden
+    }
+
+    /// The checkpoint directory with the largest N (ties: the larger name bytes) among a directory's store
+    /// entries `remote` with this mount's `changes` applied.
+    private func largestCheckpoint(_ remote: [DirEntry], _ changes: [ExactString: OverlayChange]) -> String? {
         var best: (name: String, number: CheckpointNumber)?
         func consider(_ name: String, _ kind: EntryKind) {
             guard case .directory = kind, let number = NameRules.checkpointNumber(name) else { return }
@@ -386,7 +423,7 @@ public final class Namespace: Sendable {
         }
         for entry in remote where changes[ExactString(entry.name)] == nil { consider(entry.name, entry.kind) }
         for (name, change) in changes { if case .present(let kind) = change { consider(name.string, kind) } }
-        return best.map { .link($0.name) } ?? .hidden
+        return best?.name
     }
 
     /// Moves the inode of `name` in `parent` to `newName` in `newParent` after a rename, so open handles
@@ -451,6 +488,7 @@ public final class Namespace: Sendable {
         entries.remove(at: position)
         var without = Listing(entries, fetchedAt: listing.fetchedAt)
         without.changedAt = listing.changedAt
+        without.jobTimes = listing.jobTimes
         listings.withLock { listings in
             if listings[ExactString(prefix)]?.fetchedAt == listing.fetchedAt { listings[ExactString(prefix)] = without }
         }
@@ -470,8 +508,11 @@ public final class Namespace: Sendable {
         guard let inode = table.withLock({ $0.inodes[ino] }) else { throw .notFound }
         guard case .symlink(let stored) = inode.kind else { throw .notSymlink }
         // A checkpoint reference moves when a checkpoint is saved or removed, while the kernel keeps its
-        // entry: the name's current target.
-        guard !inode.detached, case .symlink(let target)? = try? kind(parent: inode.parent, name: inode.name) else { return stored }
+        // entry: the name's current target; none once it is hidden or gone.
+        guard !inode.detached else { return stored }
+        let current: EntryKind?
+        do { current = try kind(parent: inode.parent, name: inode.name) } catch { return stored }
+        guard case .symlink(let target)? = current else { throw .notFound }
         if target != stored { table.withLock { $0.inodes[ino]?.kind = .symlink(target: target) } }
         return target
     }
@@ -536,9 +577,9 @@ public final class Namespace: Sendable {
 
     /// Fetches `prefix` and stores the listings it yields (its subtree's too, for a project).
     private func fetchListings(_ prefix: String) throws(NamespaceError) -> Listing {
-        let built: [ExactString: [ExactString: EntryKind]]
+        let built: [ExactString: [ExactString: EntryKind]], jobTimes: [ExactString: [ExactString: Int64]]
         do throws(StoreError) {
-            built = try fetch(prefix)
+            (built, jobTimes) = try fetch(prefix)
         } catch {
             logger.warning("listing failed", metadata: ["prefix": "\(prefix)", "error": "\(error)"])
             throw .store(error)
@@ -550,10 +591,13 @@ public final class Namespace: Sendable {
         for (directory, entries) in built {
             let hidden = unlinked[directory] ?? [:]
             let sorted = entries.compactMap { name, kind -> DirEntry? in
-                if case .symlink(let target) = kind, hidden[name] == target { return nil }
+                guard case .symlink(let target) = kind, let old = hidden[name] else { return DirEntry(name: name.string, kind: kind) }
+                if old == target { return nil }
+                unlinkedReferences.withLock { $0[directory]?[name] = nil }  // moved: shown again from now on
                 return DirEntry(name: name.string, kind: kind)
             }.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
             made[directory] = Listing(sorted, fetchedAt: fetchedAt)
+            made[directory]?.jobTimes = jobTimes[directory] ?? [:]
         }
         let now = WallClock.nanoseconds()
         // Names this mount changed count from the overlay's times (their uploads are not changes), and
@@ -579,7 +623,9 @@ public final class Namespace: Sendable {
     }
 
     /// Lists `prefix` from the store: flat for a project directory (filling its subtree), else by delimiter.
-    private func fetch(_ prefix: String) throws(StoreError) -> [ExactString: [ExactString: EntryKind]] {
+    private func fetch(_ prefix: String) throws(StoreError) -> (
+        directories: [ExactString: [ExactString: EntryKind]], jobTimes: [ExactString: [ExactString: Int64]]
+    ) {
         let relative = NameRules.suffix(of: prefix, after: configuration.rootPrefix) ?? ""
         let isProject = NameRules.segments(relative).count == 2
         if isProject {
@@ -589,7 +635,7 @@ public final class Namespace: Sendable {
                 var builder = ListingBuilder(base: prefix, warn: warnOnce)
                 for object in page.objects { builder.add(object: object) }
                 builder.addReferences(projects: [prefix])
-                return builder.directories
+                return (builder.directories, builder.jobTimes)
             }
             warnOnce("project '\(prefix)' holds over \(Self.projectScanLimit) keys: listing it by directory, without a project 'latest'")
         }
@@ -607,7 +653,7 @@ public final class Namespace: Sendable {
         }
         builder.addReferences()
         // A delimiter listing describes only this directory; the sub-directories it names are listed later.
-        return [ExactString(prefix): builder.directories[ExactString(prefix)] ?? [:]]
+        return ([ExactString(prefix): builder.directories[ExactString(prefix)] ?? [:]], [:])
     }
 
     /// Whether some key below `prefix` (or its marker) is a path the mount can show.

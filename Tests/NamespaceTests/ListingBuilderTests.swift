@@ -68,32 +68,40 @@ import Testing
         return builder
     }
 
-    @Test func projectLatestIsTheMostRecentlyWrittenCheckpoint() {
+    @Test func projectLatestIsTheLargestCheckpointOfTheMostRecentJob() {
+        // "The latest checkpoint from the most recent job": a write into an older checkpoint of the most
+        // recent job (an eval file) does not make that checkpoint the project's latest.
         let builder = project([
             ("proj/old/checkpoint-50/rank-0/a", 100), ("proj/new/checkpoint-3/rank-0/a", 200),
             ("proj/new/checkpoint-4/rank-0/a", 150),
         ])
-        #expect(builder.directories["proj/"]?["latest"] == .symlink(target: "new/checkpoint-3"))
+        #expect(builder.directories["proj/"]?["latest"] == .symlink(target: "new/checkpoint-4"))
         #expect(builder.directories["proj/new/"]?["latest"] == .symlink(target: "checkpoint-4"))
+        #expect(builder.jobTimes["proj/"] == ["old": 100, "new": 200])
+        let revived = project([("proj/old/checkpoint-50/rank-0/a", 300), ("proj/new/checkpoint-4/rank-0/a", 200)])
+        #expect(revived.directories["proj/"]?["latest"] == .symlink(target: "old/checkpoint-50"))
+        // Only checkpoints count: a job's newer logs do not make it the most recent one.
+        let logging = project([("proj/a/checkpoint-1/m", 100), ("proj/a/logs/x", 900), ("proj/b/checkpoint-1/m", 200)])
+        #expect(logging.directories["proj/"]?["latest"] == .symlink(target: "b/checkpoint-1"))
     }
 
-    @Test func aCheckpointsNewestObjectCountsWhereverItsKeyComesInTheListing() {
-        // Keys of one checkpoint interleaved with another's (a listing in pages merged out of order, or a
-        // store that does not sort): the times below a directory met twice are merged, not replaced.
-        for late: Int64 in [50, 500] {
+    @Test func aJobsNewestObjectCountsWhereverItsKeyComesInTheListing() {
+        // Keys of one job interleaved with another's (a listing in pages merged out of order, or a store
+        // that does not sort): the times below a directory met twice are merged, not replaced.
+        for (late, winner): (Int64, String) in [(50, "b"), (500, "a")] {
             let builder = project([
-                ("proj/job/checkpoint-1/rank-0/a", 300), ("proj/job/checkpoint-2/rank-0/a", 200),
-                ("proj/job/checkpoint-1/rank-1/b", late), ("proj/job/checkpoint-2/rank-0/c", 100),
+                ("proj/a/checkpoint-1/rank-0/x", 100), ("proj/b/checkpoint-1/rank-0/x", 200),
+                ("proj/a/checkpoint-1/rank-1/y", late), ("proj/b/checkpoint-1/rank-0/z", 150),
             ])
-            #expect(builder.directories["proj/"]?["latest"] == .symlink(target: "job/checkpoint-1"))
-            #expect(builder.directories["proj/job/checkpoint-1/"]?.keys.sorted() == ["rank-0", "rank-1"])
-            #expect(builder.directories["proj/job/checkpoint-2/rank-0/"]?.keys.sorted() == ["a", "c"])
+            #expect(builder.directories["proj/"]?["latest"] == .symlink(target: "\(winner)/checkpoint-1"))
+            #expect(builder.directories["proj/a/checkpoint-1/"]?.keys.sorted() == ["rank-0", "rank-1"])
+            #expect(builder.directories["proj/b/checkpoint-1/rank-0/"]?.keys.sorted() == ["x", "z"])
         }
         let reentered = project([
-            ("proj/job/checkpoint-1/rank-0/a", 100), ("proj/job/checkpoint-2/rank-0/a", 200),
-            ("proj/job/checkpoint-1/rank-0/b", 300),
+            ("proj/a/checkpoint-1/rank-0/x", 100), ("proj/b/checkpoint-1/rank-0/x", 200),
+            ("proj/a/checkpoint-1/rank-0/y", 300),
         ])
-        #expect(reentered.directories["proj/"]?["latest"] == .symlink(target: "job/checkpoint-1"))
+        #expect(reentered.directories["proj/"]?["latest"] == .symlink(target: "a/checkpoint-1"))
     }
 
     @Test func namesStartingWithACombiningMarkSplitAtTheSlashByte() {

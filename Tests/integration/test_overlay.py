@@ -589,6 +589,67 @@ def test_latest_links_follow_the_checkpoints_this_mount_saves_and_removes(mounte
     assert os.readlink(project / "latest") == "new-run/checkpoint-7"
 
 
+def save(checkpoint: Path, ranks: int = 1) -> None:
+    for rank in range(ranks):
+        (checkpoint / f"rank-{rank}").mkdir(parents=True)
+        (checkpoint / f"rank-{rank}/model.safetensors").write_bytes(checkpoint.name.encode())
+
+
+def test_a_projects_latest_is_the_largest_checkpoint_of_the_job_that_saved_last(mounter, moto_client, bucket):
+    # "The latest checkpoint from the most recent job": the project's link goes where that job's own goes.
+    for step in (9, 10):
+        moto_client.put_object(Bucket=bucket, Key=f"p/run/checkpoint-{step}/m", Body=b"m")
+    project = mounter.mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint / "p"
+    assert os.readlink(project / "latest") == "run/checkpoint-10"
+    (project / "run/checkpoint-9/eval.json").write_bytes(b"{}")  # an evaluation of an older checkpoint
+    assert os.readlink(project / "latest") == "run/checkpoint-10"  # was run/checkpoint-9
+    os.rename(project / "run", project / "run2")  # moves checkpoint-9 after checkpoint-10 (name order)
+    assert os.readlink(project / "latest") == "run2/checkpoint-10"  # was run2/checkpoint-9
+    save(project / "run3/checkpoint-1", ranks=2)
+    save(project / "run3/checkpoint-2", ranks=2)
+    assert os.readlink(project / "latest") == "run3/checkpoint-2"
+    shutil.rmtree(project / "run3/checkpoint-1/rank-0")  # a rotation's first step
+    assert os.readlink(project / "latest") == "run3/checkpoint-2"  # was the checkpoint being removed
+    shutil.rmtree(project / "run3")
+    assert os.readlink(project / "latest") == "run2/checkpoint-10"
+
+
+def test_a_job_saved_again_after_it_was_removed_with_its_latest_shows_its_latest(mounter, bucket):
+    project = mounter.mount(f"s3://{bucket}").mountpoint / "p"
+    for _ in range(2):
+        save(project / "run/checkpoint-1")
+        save(project / "run/checkpoint-2")
+        assert sorted(os.listdir(project / "run")) == ["checkpoint-1", "checkpoint-2", "latest"]  # was hidden
+        assert os.readlink(project / "run/latest") == "checkpoint-2"
+        assert os.readlink(project / "latest") == "run/checkpoint-2"
+        shutil.rmtree(project)  # unlinks both links on its way
+
+
+def test_a_latest_the_kernel_still_knows_once_it_points_nowhere_is_not_followed(mounter, bucket):
+    job = mounter.mount(f"s3://{bucket}").mountpoint / "p/run"
+    save(job / "checkpoint-1")
+    assert os.readlink(job / "latest") == "checkpoint-1"
+    shutil.rmtree(job / "checkpoint-1")
+    with pytest.raises(FileNotFoundError):
+        os.readlink(job / "latest")  # gave checkpoint-1, which is gone
+
+
+def test_a_newer_job_another_client_saves_becomes_the_projects_latest(mounter, moto_client, ckptfs_bin, moto_env, bucket):
+    project = mounter.mount(f"s3://{bucket}", args=["--metadata-ttl", "1"]).mountpoint / "p"
+    save(project / "mine/checkpoint-1")
+    sync(ckptfs_bin, moto_env, project)
+    assert os.readlink(project / "latest") == "mine/checkpoint-1"
+    uploaded = time.time()
+    while int(time.time()) == int(uploaded):  # the store's times have 1 s steps: the other job is newer
+        time.sleep(0.05)
+    moto_client.put_object(Bucket=bucket, Key="p/a-run/checkpoint-5/rank-0/model.safetensors", Body=b"5")
+    deadline = time.monotonic() + 15
+    while os.readlink(project / "latest") != "a-run/checkpoint-5":  # once the listing is fetched again
+        assert time.monotonic() < deadline, "the project's latest stayed on this mount's job"
+        time.sleep(0.1)
+    assert (project / "latest/rank-0/model.safetensors").read_bytes() == b"5"
+
+
 @pytest.mark.parametrize("written", [True, False], ids=["with-a-file", "empty"])
 def test_a_latest_this_mount_made_can_be_unlinked_and_its_job_removed(mounter, bucket, written):
     # Empty checkpoints are never uploaded: removing them leaves nothing of them in the overlay.
