@@ -33,7 +33,8 @@ func makeOperations(writable: Bool) -> fuse_lowlevel_ops {
             fuse_reply_entry(req, &entry)
         } catch .notFound {
             var entry = fuse_entry_param()
-            entry.entry_timeout = fs.settings.negativeTTL
+            // A checkpoint reference appears the moment this mount saves a checkpoint: not cached as absent.
+            entry.entry_timeout = utf8Name(name) == Namespace.reference ? 0 : fs.settings.negativeTTL
             fuse_reply_entry(req, &entry)
         } catch {
             fuse_reply_err(req, FileSystem.errno(error))

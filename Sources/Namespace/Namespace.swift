@@ -329,7 +329,7 @@ public final class Namespace: Sendable {
     }
 
     /// The name of checkpoint references.
-    private static let reference = "latest"
+    public static let reference = "latest"
 
     /// A `latest` as this mount shows it.
     private enum Reference {

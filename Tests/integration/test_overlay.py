@@ -634,6 +634,15 @@ def test_a_latest_the_kernel_still_knows_once_it_points_nowhere_is_not_followed(
         os.readlink(job / "latest")  # gave checkpoint-1, which is gone
 
 
+def test_a_latest_looked_up_before_the_first_checkpoint_appears_with_it(mounter, bucket):
+    project = mounter.mount(f"s3://{bucket}").mountpoint / "p"
+    (project / "run").mkdir(parents=True)
+    assert not os.path.lexists(project / "run/latest") and not os.path.lexists(project / "latest")
+    save(project / "run/checkpoint-1")
+    assert os.readlink(project / "run/latest") == "checkpoint-1"  # was absent for --negative-ttl (5 s)
+    assert os.readlink(project / "latest") == "run/checkpoint-1"
+
+
 def test_a_newer_job_another_client_saves_becomes_the_projects_latest(mounter, moto_client, ckptfs_bin, moto_env, bucket):
     project = mounter.mount(f"s3://{bucket}", args=["--metadata-ttl", "1"]).mountpoint / "p"
     save(project / "mine/checkpoint-1")
