@@ -20,7 +20,7 @@ let package = Package(
         .target(
             name: "ObjectStore",
             dependencies: [
-                "CCurl", .product(name: "Logging", package: "swift-log"),
+                "CCurl", "CLinux", .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),

@@ -9,6 +9,12 @@
 /// `O_DIRECT`, whose value differs between architectures.
 static const int ckptfs_o_direct = __O_DIRECT;
 
+/// `O_TMPFILE` (an unnamed file in the directory opened), whose value differs between architectures.
+static const int ckptfs_o_tmpfile = __O_TMPFILE | __O_DIRECTORY;
+
+/// `AT_EMPTY_PATH` (`linkat` of the descriptor itself), the same on every architecture.
+static const int ckptfs_at_empty_path = 0x1000;
+
 /// glibc's `fallocate` (declared by <fcntl.h> only with _GNU_SOURCE).
 extern int fallocate(int fd, int mode, off_t offset, off_t length);
 

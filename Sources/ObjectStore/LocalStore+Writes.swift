@@ -1,11 +1,13 @@
+import CLinux
 import Glibc
 
 /// Writes for file:// stores, and the opens that reads share with them.
 ///
 /// The directories above a key are opened one at a time from the root with `O_NOFOLLOW`, so a symbolic link
-/// inside the root can never redirect a read, a write or a delete outside it. A put writes a temporary file beside its
-/// target (named `.ckptfs-put-…`; a crash can leave one behind, and listings show it while it exists), flushes
-/// it and renames it into place, so readers see the old object or the new one, never a mix.
+/// inside the root can never redirect a read, a write or a delete outside it. A put writes a new file beside its
+/// target, flushes it and renames it into place, so readers see the old object or the new one, never a mix. The
+/// new file has no name while it is written (`O_TMPFILE`), so a crash leaves nothing of it behind; it is named
+/// `.ckptfs-put-…` only for the rename (for the whole write where the file system has no `O_TMPFILE`).
 extension LocalStore {
     /// One rename into place, however large: a local directory has no multipart uploads to log.
     public func put(key: String, fd: Int32, size: Int64, options: UploadOptions, multipart: MultipartLog?) throws(StoreError) -> String {
@@ -116,12 +118,16 @@ extension LocalStore {
         return (fd, Int64(info.st_size))
     }
 
-    /// Copies the first `size` bytes of `source` into a new temporary file in `parent`, flushes it, renames it
-    /// to `name` and returns the ETag listings report for it.
+    /// Copies the first `size` bytes of `source` into a new file in `parent`, flushes it, renames it to `name`
+    /// and returns the ETag listings report for it.
     private func store(key: String, from source: Int32, size: Int64, as name: String, in parent: Int32) throws(StoreError) -> String {
         let path = root + "/" + key
         let temporary = ".ckptfs-put-\(getpid())-\(String(UInt64.random(in: .min ... .max), radix: 16))"
-        let output = openat(parent, temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        var output = openat(parent, ".", ckptfs_o_tmpfile | O_WRONLY | O_CLOEXEC, 0o644)
+        let unnamed = output >= 0
+        if !unnamed && [EOPNOTSUPP, EISDIR, EINVAL].contains(errno) {
+            output = openat(parent, temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        }
         guard output >= 0 else { throw .io(path: path, errno: errno) }
         defer { close(output) }
         var info = stat()
@@ -129,7 +135,9 @@ extension LocalStore {
             try FileRange.forEachChunk(fd: source, range: 0..<size, name: "source of '\(key)'") { chunk throws(StoreError) in
                 try Self.writeAll(chunk, to: output, path: path)
             }
-            guard fsync(output) == 0, fstat(output, &info) == 0, renameat(parent, temporary, parent, name) == 0 else {
+            guard fsync(output) == 0, fstat(output, &info) == 0, !unnamed || Self.link(output, in: parent, as: temporary),
+                renameat(parent, temporary, parent, name) == 0
+            else {
                 throw .io(path: path, errno: errno)
             }
         } catch {
@@ -139,6 +147,12 @@ extension LocalStore {
         // The rename is durable only once the directory is flushed too.
         guard fsync(parent) == 0 else { throw .io(path: path, errno: errno) }
         return Self.objectInfo(key: key, info).etag
+    }
+
+    /// Gives the unnamed file `fd` the name `name` in `parent` (through /proc, which needs no privilege).
+    private static func link(_ fd: Int32, in parent: Int32, as name: String) -> Bool {
+        linkat(AT_FDCWD, "/proc/self/fd/\(fd)", parent, name, AT_SYMLINK_FOLLOW) == 0
+            || errno == ENOENT && linkat(fd, "", parent, name, ckptfs_at_empty_path) == 0
     }
 
     private static func writeAll(_ bytes: UnsafeRawBufferPointer, to fd: Int32, path: String) throws(StoreError) {

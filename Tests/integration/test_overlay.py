@@ -204,6 +204,35 @@ def test_a_directory_removed_from_a_file_remote_leaves_no_empty_directory_behind
     assert sorted(os.listdir(second.mountpoint)) == ["kept", "new"]
 
 
+def test_a_crash_while_a_file_remote_receives_an_upload_leaves_nothing_of_it_there(mounter, ckptfs_bin, moto_env, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    first = mounter.mount(f"file://{store}")
+    data = os.urandom(1 << 20) * 384  # its copy into the store takes a while
+    (first.mountpoint / "big.bin").write_bytes(data)
+    (pid,) = pids_with_argument(str(first.mountpoint))
+
+    def putting() -> bool:  # whether the daemon holds a file in the store (the one it is copying into)
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{store}/"):
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
+
+    deadline = time.monotonic() + 60
+    while not putting():
+        assert time.monotonic() < deadline and not (store / "big.bin").exists(), "the put was not caught"
+        time.sleep(0.001)
+    kill_daemon(first.mountpoint)
+    assert os.listdir(store) == []  # held a partial .ckptfs-put-… file
+    second = mounter.mount(first.remote, mountpoint=first.mountpoint, cache_dir=first.cache_dir, args=first.args)
+    sync(ckptfs_bin, moto_env, second.mountpoint)
+    assert os.listdir(store) == ["big.bin"]
+    assert sha((store / "big.bin").read_bytes()) == sha(data)
+
+
 def test_files_closed_before_a_crash_are_uploaded_after_remount(mounter, moto_client, ckptfs_bin, moto_env, bucket):
     first = mounter.mount(f"s3://{bucket}", args=["--upload-threads", "1"])
     files = {f"ckpt/part-{i}.bin": os.urandom(200_000 + i) for i in range(6)}
