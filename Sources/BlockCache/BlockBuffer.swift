@@ -31,25 +31,6 @@ public final class BufferPool: Sendable {
         self.retained = retained
     }
 
-    /// Maps idle buffers until `count` are idle (at most `retained`), and touches every page of them, so
-    /// that the first GETs of a mount stream into memory that is already there. On this VM a page touched
-    /// for the first time costs the GET's thread its fault and the host's backing of it (2 MiB huge pages
-    /// zeroed at 0.3–0.5 GB/s): 18 % of the daemon's CPU in a cold 1 GiB read, which needs 10 buffers.
-    public func warm(_ count: Int) {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        for _ in 0..<min(count, retained) {
-            guard idle.withLock({ $0.count }) < min(count, retained) else { return }
-            let pointer = allocate()
-            for offset in stride(from: 0, to: bufferSize, by: page) {
-                pointer.storeBytes(of: 0, toByteOffset: offset, as: UInt8.self)
-            }
-            recycle(pointer)
-        }
-    }
-
-    /// Idle buffers (observability for tests).
-    var idleCount: Int { idle.withLock { $0.count } }
-
     public func take() -> BlockBuffer {
         let pointer = idle.withLock { $0.popLast() }.flatMap { UnsafeMutableRawPointer(bitPattern: $0) } ?? allocate()
         return BlockBuffer(pointer: pointer, capacity: bufferSize, pool: self)

@@ -58,9 +58,6 @@ public final class CachedObject: @unchecked Sendable {
     static let headBytes: Int64 = 64 << 10
     /// How far a GET may run ahead of the furthest block read.
     private static let leadBlocks = retainedBlocks
-    /// Block buffers one sequential reader keeps in use: its GET's lead, the block being read and the one
-    /// being stored (10 measured in a cold 1 GiB read).
-    static let streamBuffers = leadBlocks + 2
     /// How long a paced GET waits for its reader before it stops pacing.
     private static let paceTimeout: Double = 1
     /// The furthest block a reader has asked for.
@@ -542,11 +539,6 @@ final class FetchContext: Sendable {
         fetchers = WorkerPool(threads: fetchThreads)
         buffers = BufferPool(blockSize: blockSize, retained: 2 * fetchThreads)
         writer = BlockWriter(limit: 8, threads: 2)
-    }
-
-    /// Maps and touches the buffers of one sequential reader (at most 64 MiB of them) ahead of use.
-    func warmBuffers() {
-        buffers.warm(max(1, min(CachedObject.streamBuffers, (64 << 20) / buffers.bufferSize)))
     }
 }
 

@@ -56,12 +56,6 @@ public final class ObjectRegistry: Sendable {
         cache.pin(id, blocks: Int((info.size + blockSize - 1) / blockSize), bytes: info.size)
     }
 
-    /// Prepares the block buffers of a first sequential reader, so that it does not wait for their pages
-    /// (called on a thread of its own once the mount is live).
-    public func warmBuffers() {
-        context.warmBuffers()
-    }
-
     /// Waits until every fetched block has been written to the cache (at unmount, so a remount finds them).
     public func flush() {
         context.writer.drain()

@@ -84,11 +84,6 @@ public final class FileSystem: Sendable {
         _ = try? namespace.readdirOrder(Namespace.rootIno)
     }
 
-    /// Prepares the memory a first read streams through (see `ObjectRegistry.warmBuffers`).
-    public func warmBuffers() {
-        registry.warmBuffers()
-    }
-
     /// Waits until every fetched block is stored in the cache; called after unmount.
     public func flush() {
         registry.flush()

@@ -176,7 +176,6 @@ struct MountCommand: ParsableCommand {
         if let pidFile { try? "\(getpid())\n".write(toFile: pidFile) }
         Logger(label: "ckptfs").info("mounted", metadata: ["remote": "\(remote)", "mountpoint": "\(plan.mountpoint)"])
         ThreadLauncher.detach { fileSystem.listRoot() }
-        ThreadLauncher.detach { fileSystem.warmBuffers() }
         ready?.send("ready")
         ready = nil
         let status = session.run(maxThreads: 16)

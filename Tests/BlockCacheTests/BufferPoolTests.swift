@@ -36,24 +36,6 @@ import Testing
         buffer.pointer.storeBytes(of: 0xAB, toByteOffset: buffer.capacity - 1, as: UInt8.self)
     }
 
-    /// How many of the pages of `buffer` are in memory (`mincore`).
-    private func residentPages(_ buffer: BlockBuffer) -> Int {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        var vector = [UInt8](repeating: 0, count: (buffer.capacity + page - 1) / page)
-        #expect(mincore(buffer.pointer, buffer.capacity, &vector) == 0)
-        return vector.filter { $0 & 1 != 0 }.count
-    }
-
-    @Test func warmedBuffersAreInMemoryBeforeTheirFirstUseAndNoMoreAreKeptThanRetained() {
-        #expect(residentPages(BufferPool(blockSize: 1 << 20, retained: 3).take()) == 0)  // the control
-        let pool = BufferPool(blockSize: 1 << 20, retained: 3)
-        let pages = ((1 << 20) + 4096) / Int(sysconf(Int32(_SC_PAGESIZE)))
-        pool.warm(5)
-        #expect(pool.idleCount == 3)
-        let warmed = (0..<3).map { _ in pool.take() }
-        #expect(warmed.map(residentPages) == [pages, pages, pages])
-    }
-
     @Test func buffersBeyondTheRetainedOnesAreReleasedAndTheRestReused() {
         let pool = BufferPool(blockSize: 1 << 16, retained: 2)
         var taken = (0..<4).map { _ in pool.take() }
