@@ -351,14 +351,18 @@ public final class Namespace: Sendable {
             ? projectReference(listing, changes)
             : jobReference(listing.entries, changes)
         guard case .link(let target)? = found else { return found }
-        let (directory, name) = (ExactString(prefix), ExactString(Self.reference))
-        let hidden = unlinkedReferences.withLock { unlinked -> Bool in
+        return isUnlinked(ExactString(prefix), ExactString(Self.reference), pointingAt: target) ? .hidden : .link(target)
+    }
+
+    /// Whether the link `name` of directory `directory` was unlinked here while it pointed at `target`. An
+    /// unlinked link that moved elsewhere is forgotten: it is shown from then on.
+    private func isUnlinked(_ directory: ExactString, _ name: ExactString, pointingAt target: String) -> Bool {
+        unlinkedReferences.withLock { unlinked in
             guard let old = unlinked[directory]?[name] else { return false }
             if old == target { return true }
             unlinked[directory]?[name] = nil
             return false
         }
-        return hidden ? .hidden : .link(target)
     }
 
     /// A project's `latest` when this mount saved or removed checkpoints in it, or removed a job: the
@@ -371,7 +375,8 @@ public final class Namespace: Sendable {
         var jobs: [ExactString: (prefix: String, time: Int64)] = [:]
         for (job, seconds) in listing.jobTimes {
             if case .directory(let jobPrefix)? = listing.entry(job.string)?.kind {
-                jobs[job] = (jobPrefix, seconds.multipliedReportingOverflow(by: 1_000_000_000).partialValue)
+                // In nanoseconds, as the overlay's times (`.min`: no object time in its checkpoints).
+                jobs[job] = (jobPrefix, seconds > .min / 1_000_000_000 ? seconds * 1_000_000_000 : .min)
             }
         }
         var changed = false
@@ -587,13 +592,9 @@ public final class Namespace: Sendable {
         let fetchedAt = Self.monotonicSeconds()
         var made: [ExactString: Listing] = [:]
         made.reserveCapacity(built.count)
-        let unlinked = unlinkedReferences.withLock { $0 }
         for (directory, entries) in built {
-            let hidden = unlinked[directory] ?? [:]
             let sorted = entries.compactMap { name, kind -> DirEntry? in
-                guard case .symlink(let target) = kind, let old = hidden[name] else { return DirEntry(name: name.string, kind: kind) }
-                if old == target { return nil }
-                unlinkedReferences.withLock { $0[directory]?[name] = nil }  // moved: shown again from now on
+                if case .symlink(let target) = kind, isUnlinked(directory, name, pointingAt: target) { return nil }
                 return DirEntry(name: name.string, kind: kind)
             }.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
             made[directory] = Listing(sorted, fetchedAt: fetchedAt)
