@@ -13,15 +13,16 @@ import Synchronization
 /// whole subtree at once and gives the modification times `latest` needs.
 public final class Namespace: Sendable {
     public static let rootIno: UInt64 = 1
-    /// Beyond this many keys, a project is listed directory by directory and gets no project `latest`.
-    public static let projectScanLimit = 100_000
 
     public struct Configuration: Sendable {
         public var rootPrefix: String
         public var metadataTTL: Double
-        public init(rootPrefix: String, metadataTTL: Double) {
+        /// Beyond this many keys, a project is listed directory by directory and gets no project `latest`.
+        public var projectScanLimit: Int
+        public init(rootPrefix: String, metadataTTL: Double, projectScanLimit: Int = 100_000) {
             self.rootPrefix = rootPrefix
             self.metadataTTL = metadataTTL
+            self.projectScanLimit = projectScanLimit
         }
     }
 
@@ -45,8 +46,9 @@ public final class Namespace: Sendable {
         /// When the store's listing of this directory was last seen to change by another client
         /// (nanoseconds since the epoch; 0 while it is as first fetched).
         var changedAt: Int64 = 0
-        /// Of a project listed flat: job name → newest modification time (seconds) in its checkpoints.
-        var jobTimes: [ExactString: Int64] = [:]
+        /// Of a project listed flat: job name → newest modification time (seconds) in its checkpoints. Nil
+        /// for any other directory, and for a project too large to list flat, which gets no `latest`.
+        var jobTimes: [ExactString: Int64]?
 
         /// The listing of `sorted`, entries ordered by their names' bytes.
         init(_ sorted: [DirEntry], fetchedAt: Double) {
@@ -369,11 +371,11 @@ public final class Namespace: Sendable {
     /// largest checkpoint of the most recent job, the one whose checkpoints changed last (the newest object
     /// the store lists in them, or this mount's last change to them or to the job's names, by
     /// `Overlay.changeTime`; ties: the larger job name bytes). Nil (the listing's link stands) where this
-    /// mount changed none of them.
+    /// mount changed none of them, and for a project too large to list flat (which has no link).
     private func projectReference(_ listing: Listing, _ changes: [ExactString: OverlayChange]) -> Reference? {
-        guard let overlay else { return nil }
+        guard let overlay, let jobTimes = listing.jobTimes else { return nil }
         var jobs: [ExactString: (prefix: String, time: Int64)] = [:]
-        for (job, seconds) in listing.jobTimes {
+        for (job, seconds) in jobTimes {
             if case .directory(let jobPrefix)? = listing.entry(job.string)?.kind {
                 // In nanoseconds, as the overlay's times (`.min`: no object time in its checkpoints).
                 jobs[job] = (jobPrefix, seconds > .min / 1_000_000_000 ? seconds * 1_000_000_000 : .min)
@@ -598,7 +600,7 @@ public final class Namespace: Sendable {
                 return DirEntry(name: name.string, kind: kind)
             }.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
             made[directory] = Listing(sorted, fetchedAt: fetchedAt)
-            made[directory]?.jobTimes = jobTimes[directory] ?? [:]
+            made[directory]?.jobTimes = jobTimes[directory]
         }
         let now = WallClock.nanoseconds()
         // Names this mount changed count from the overlay's times (their uploads are not changes), and
@@ -630,7 +632,7 @@ public final class Namespace: Sendable {
         let relative = NameRules.suffix(of: prefix, after: configuration.rootPrefix) ?? ""
         let isProject = NameRules.segments(relative).count == 2
         if isProject {
-            let page = try store.listAll(prefix: prefix, delimiter: nil, limit: Self.projectScanLimit)
+            let page = try store.listAll(prefix: prefix, delimiter: nil, limit: configuration.projectScanLimit)
             warnSkipped(page)
             if page.nextToken == nil {
                 var builder = ListingBuilder(base: prefix, warn: warnOnce)
@@ -638,7 +640,7 @@ public final class Namespace: Sendable {
                 builder.addReferences(projects: [prefix])
                 return (builder.directories, builder.jobTimes)
             }
-            warnOnce("project '\(prefix)' holds over \(Self.projectScanLimit) keys: listing it by directory, without a project 'latest'")
+            warnOnce("project '\(prefix)' holds over \(configuration.projectScanLimit) keys: listing it by directory, without a project 'latest'")
         }
         let page = try store.listAll(prefix: prefix, delimiter: "/")
         warnSkipped(page)

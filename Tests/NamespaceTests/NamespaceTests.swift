@@ -78,13 +78,20 @@ import TestSupport
     }
 }
 
-/// A local store whose first listing waits until `release` says so, and which counts listings.
+/// A local store whose first listing waits until `release` says so, which counts listings, and which can
+/// list in pages as S3 does.
 final class HeldListingStore: ObjectStore {
     let inner: LocalStore
     let lists = Atomic<Int>(0)
     private let release = Mutex<(@Sendable () -> Bool)?>(nil)
 
-    init(root: String) { inner = LocalStore(root: root) }
+    /// Keys per listing page when a caller sets none (nil: all in one page).
+    private let pageSize: Int?
+
+    init(root: String, pageSize: Int? = nil) {
+        inner = LocalStore(root: root)
+        self.pageSize = pageSize
+    }
 
     var identity: String { inner.identity }
 
@@ -99,7 +106,7 @@ final class HeldListingStore: ObjectStore {
                 usleep(1_000)
             }
         }
-        return try inner.list(prefix: prefix, delimiter: delimiter, continuationToken: continuationToken, maxKeys: maxKeys)
+        return try inner.list(prefix: prefix, delimiter: delimiter, continuationToken: continuationToken, maxKeys: maxKeys ?? pageSize)
     }
 
     func head(key: String) throws(StoreError) -> ObjectInfo { try inner.head(key: key) }
