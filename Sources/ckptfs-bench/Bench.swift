@@ -10,7 +10,9 @@ final class Bench {
     let workDir: String
     let progress: Progress
     let results = Results()
-    let contenders = Contender.allCases
+    let contenders = Contender.standard
+    /// The contenders of the sequential read rows.
+    let readContenders = Contender.allCases
 
     init(origin: Origin, dataset: Dataset, mounter: Mounter, runs: Int, workDir: String, progress: Progress) {
         self.origin = origin

@@ -6,6 +6,9 @@ enum Contender: String, CaseIterable, Sendable, Codable {
     case s3fs
     case rcloneFull = "rclone-full"
     case rcloneOff = "rclone-off"
+    /// ckptfs reading through the kernel's page cache: only in the sequential read rows, which show what
+    /// the option trades (first reads against re-reads).
+    case ckptfsPageCache = "ckptfs-page-cache"
 
     var label: String {
         switch self {
@@ -13,8 +16,16 @@ enum Contender: String, CaseIterable, Sendable, Codable {
         case .s3fs: "s3fs"
         case .rcloneFull: "rclone mount (cache full)"
         case .rcloneOff: "rclone mount (cache off)"
+        case .ckptfsPageCache: "ckptfs `--page-cache`"
         }
     }
+
+    /// Every scenario's contenders.
+    static let standard: [Contender] = [.ckptfs, .s3fs, .rcloneFull, .rcloneOff]
+    /// The general-purpose file systems ckptfs is compared with.
+    static let others: [Contender] = [.s3fs, .rcloneFull, .rcloneOff]
+
+    var isCkptfs: Bool { self == .ckptfs || self == .ckptfsPageCache }
 }
 
 /// Mounts contenders: the command lines, options and credentials files of each.
@@ -40,6 +51,7 @@ struct Mounter: Sendable {
             "`--vfs-cache-mode full`, `--use-server-modtime`, `--vfs-write-back 0s`, `--s3-upload-concurrency 8`, `--s3-chunk-size 16M`"
         ),
         (.rcloneOff, "`--vfs-cache-mode off`, the same S3 options"),
+        (.ckptfsPageCache, "the defaults and `--page-cache` (sequential read rows only)"),
     ]
 
     /// Writes the credentials files s3fs and rclone read (mode 0600).
@@ -86,11 +98,11 @@ struct Mounter: Sendable {
         let arguments: [String]
         var environment = origin.environment
         switch contender {
-        case .ckptfs:
+        case .ckptfs, .ckptfsPageCache:
             arguments = [
                 ckptfsBinary, "mount", "s3://\(origin.bucket)", mountpoint, "--endpoint", origin.endpoint,
                 "--region", "us-east-1", "--cache-dir", cacheDir, "--staging-dir", staging, "--foreground",
-            ]
+            ] + (contender == .ckptfsPageCache ? ["--page-cache"] : [])
         case .s3fs:
             arguments = [
                 "s3fs", origin.bucket, mountpoint, "-f", "-o",
@@ -171,7 +183,7 @@ final class MountedFileSystem: Sendable {
     func unmount() throws {
         defer { forceUnmount() }
         let command =
-            contender == .ckptfs ? [ckptfsBinary, "unmount", mountpoint] : ["fusermount3", "-u", mountpoint]
+            contender.isCkptfs ? [ckptfsBinary, "unmount", mountpoint] : ["fusermount3", "-u", mountpoint]
         let result = try Shell.run(command, timeout: 900)
         guard result.status == 0 else { throw BenchError("unmounting \(contender.rawValue): \(result.firstErrorLine)") }
         guard daemon.waitForExit(timeout: 120) else {

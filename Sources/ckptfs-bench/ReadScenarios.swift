@@ -6,14 +6,14 @@ extension Bench {
         let id = "cold-read"
         let key = dataset.objectKey
         let size = scale.objectSize
-        declare(id, baseline: "curl")
+        declare(id, baseline: "curl", contenders: readContenders)
         for run in 1...runs {
             sample(id, "curl", run: run) {
                 try prime([key])
                 let transfer = try accounted(id, "curl", bytes: size) { try origin.get(key: key) }
                 return megabytesPerSecond(transfer.bytes, transfer.seconds)
             }
-            for contender in contenders {
+            for contender in readContenders {
                 sample(id, contender.rawValue, run: run) {
                     try prime([key])
                     return try withMount(contender) { try timedRead($0, key, size: size, accountingIn: id) }
@@ -26,13 +26,13 @@ extension Bench {
         let id = "warm-read"
         let key = dataset.objectKey
         let size = scale.objectSize
-        declare(id, baseline: "local disk")
+        declare(id, baseline: "local disk", contenders: readContenders)
         for run in 1...runs {
             sample(id, "local disk", run: run) {
                 try Files.dropPageCache()
                 return megabytesPerSecond(size, try Clock.measure { try Files.read(dataset.localObject, expected: size) })
             }
-            for contender in contenders {
+            for contender in readContenders {
                 sample(id, contender.rawValue, run: run) {
                     try prime([key])
                     let cache = try withMount(contender) { mounted in
@@ -54,13 +54,13 @@ extension Bench {
         let id = "hot-read"
         let key = dataset.objectKey
         let size = scale.objectSize
-        declare(id, baseline: "local disk")
+        declare(id, baseline: "local disk", contenders: readContenders)
         for run in 1...runs {
             sample(id, "local disk", run: run) {
                 try Files.read(dataset.localObject, expected: size)
                 return megabytesPerSecond(size, try Clock.measure { try Files.read(dataset.localObject, expected: size) })
             }
-            for contender in contenders {
+            for contender in readContenders {
                 sample(id, contender.rawValue, run: run) {
                     try prime([key])
                     return try withMount(contender) { mounted in
@@ -193,8 +193,8 @@ extension Bench {
     }
 
     /// Declares the baseline row (if any) and every contender's row, in table order.
-    func declare(_ id: String, baseline: String? = nil) {
+    func declare(_ id: String, baseline: String? = nil, contenders: [Contender]? = nil) {
         if let baseline { results.expect(baseline, in: id) }
-        for contender in contenders { results.expect(contender.rawValue, in: id) }
+        for contender in contenders ?? self.contenders { results.expect(contender.rawValue, in: id) }
     }
 }

@@ -13,7 +13,7 @@ struct Scenario {
     /// Every scenario, in the order they run.
     static func all(_ scale: Scale) -> [Scenario] {
         let object = sizeLabel(scale.objectSize)
-        let tools = Contender.allCases.map(\.rawValue)
+        let others = Contender.others.map(\.rawValue)
         func ratio(_ result: ScenarioResult, _ test: (Double) -> Bool) -> Bool? {
             result.ratio(of: "ckptfs").map(test)
         }
@@ -26,8 +26,7 @@ struct Scenario {
                     target: "≥ 0.9× curl, and faster than s3fs and rclone"),
                 check: { result in
                     guard let ckptfs = result.median(of: "ckptfs"), let ratio = result.ratio(of: "ckptfs") else { return nil }
-                    let others = tools.dropFirst().compactMap { result.median(of: $0) }
-                    return ratio >= 0.9 && others.allSatisfy { ckptfs > $0 }
+                    return ratio >= 0.9 && others.compactMap { result.median(of: $0) }.allSatisfy { ckptfs > $0 }
                 },
                 run: { $0.coldRead() }),
             Scenario(
@@ -57,7 +56,7 @@ struct Scenario {
                     unit: .megabytesPerSecond,
                     method: "A fresh mount per run; `fio --rw=randread --bs=4m --ioengine=psync` reads "
                         + "\(sizeLabel(scale.randomReadBytes)) at random 4 MiB-aligned offsets (seed = run number).",
-                    baseline: "the best of s3fs and rclone", baselineRows: Array(tools.dropFirst()),
+                    baseline: "the best of s3fs and rclone", baselineRows: others,
                     target: "≥ 2× the best of s3fs / rclone"),
                 check: { ratio($0) { $0 >= 2 } },
                 run: { $0.randomRead() }),
