@@ -61,6 +61,13 @@ struct MountPlan {
         for (what, option, path) in paths where CommandLinePath.isInside(path, mountpoint) {
             throw CLIError("\(what) \(path) is inside the mountpoint \(mountpoint): choose one outside it with \(option)")
         }
+        // Listing a remote that holds the mount point would make the daemon read its own mount, and hang.
+        if case .local(let root) = location, let resolved = realpath(root, nil) {
+            defer { free(resolved) }
+            if CommandLinePath.isInside(mountpoint, String(cString: resolved)) {
+                throw CLIError("the mountpoint \(mountpoint) is inside the remote \(command.remote): choose one outside it")
+            }
+        }
         do throws(CacheError) {
             try BlockCache.checkAvailable(directory: cacheDirectory)
         } catch {

@@ -103,6 +103,25 @@ def test_a_path_inside_the_mountpoint_is_refused_and_nothing_is_created(mounter,
     assert os.listdir(mnt) == [], "the refused mount left files in the mount point"
 
 
+@pytest.mark.parametrize("where", ["below", "the-remote-itself", "below-through-a-link"])
+def test_a_mountpoint_inside_its_file_remote_is_refused(mounter, tmp_path, where):
+    # Listing such a remote would make the daemon read its own mount: `ls` hung for good, unkillable.
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    if where == "the-remote-itself":
+        mnt, spelled = remote, remote
+    else:
+        (remote / "p/j/checkpoint-1").mkdir(parents=True)
+        (remote / "p/j/checkpoint-1/f").write_bytes(b"a")
+        mnt = remote / "mnt"
+        mnt.mkdir()
+        spelled = remote
+        if where == "below-through-a-link":
+            (tmp_path / "link").symlink_to(remote)
+            spelled = tmp_path / "link"
+    expect_mount_error(mounter, f"file://{spelled}", ("inside the remote",), mountpoint=mnt)
+
+
 @pytest.mark.parametrize("option,value", [
     ("--drain-timeout", "nan"), ("--drain-timeout", "inf"), ("--drain-timeout", "-5"), ("--metadata-ttl", "inf"),
     ("--negative-ttl", "1e300"), ("--staging-size", "0"),
