@@ -49,6 +49,9 @@ public final class Namespace: Sendable {
         /// Of a project listed flat: job name → newest modification time (seconds) in its checkpoints. Nil
         /// for any other directory, and for a project too large to list flat, which gets no `latest`.
         var jobTimes: [ExactString: Int64]?
+        /// Sub-directories another client made after this directory was first listed → when a refresh found
+        /// them (nanoseconds since the epoch): their mtime until they are listed, and where it starts then.
+        var appeared: [ExactString: Int64] = [:]
 
         /// The listing of `sorted`, entries ordered by their names' bytes.
         init(_ sorted: [DirEntry], fetchedAt: Double) {
@@ -64,6 +67,15 @@ public final class Namespace: Sendable {
         /// The entry named exactly `name` (byte for byte).
         func entry(_ name: String) -> DirEntry? {
             byName[ExactString(name)].map { entries[$0] }
+        }
+
+        /// This listing with `entries` (sorted) instead, its times kept.
+        func replacing(_ entries: [DirEntry]) -> Listing {
+            var listing = Listing(entries, fetchedAt: fetchedAt)
+            listing.changedAt = changedAt
+            listing.jobTimes = jobTimes
+            listing.appeared = appeared
+            return listing
         }
     }
 
@@ -493,9 +505,7 @@ public final class Namespace: Sendable {
         guard let position = listing.byName[ExactString(name)], case .symlink = listing.entries[position].kind else { return }
         var entries = listing.entries
         entries.remove(at: position)
-        var without = Listing(entries, fetchedAt: listing.fetchedAt)
-        without.changedAt = listing.changedAt
-        without.jobTimes = listing.jobTimes
+        let without = listing.replacing(entries)
         listings.withLock { listings in
             if listings[ExactString(prefix)]?.fetchedAt == listing.fetchedAt { listings[ExactString(prefix)] = without }
         }
@@ -607,9 +617,11 @@ public final class Namespace: Sendable {
         // synthetic links follow the checkpoints, whose own entries count.
         let own = Dictionary(uniqueKeysWithValues: made.keys.map { ($0, (overlay?.changes(in: $0.string) ?? [:], overlay?.changeTime(of: $0.string) ?? 0)) })
         listings.withLock { listings in
-            for (directory, var listing) in made {
+            // Parents first: a directory listed for the first time takes its appearance from its parent's.
+            for directory in made.keys.sorted(by: { $0.string.utf8.count < $1.string.utf8.count }) {
+                guard var listing = made[directory] else { continue }
+                let (ours, shown) = own[directory] ?? ([:], 0)
                 if let old = listings[directory] {
-                    let (ours, shown) = own[directory] ?? ([:], 0)
                     func counted(_ entry: DirEntry) -> Bool {
                         if case .symlink = entry.kind { return false }
                         return ours[ExactString(entry.name)] == nil
@@ -617,6 +629,21 @@ public final class Namespace: Sendable {
                     let same = old.entries.filter(counted) == listing.entries.filter(counted)
                     // Later than anything the directory showed, also within one second.
                     listing.changedAt = same ? old.changedAt : max(now, max(old.changedAt, shown) + 1)
+                    for entry in listing.entries {
+                        guard case .directory = entry.kind else { continue }
+                        let name = ExactString(entry.name)
+                        if let time = old.appeared[name] {
+                            listing.appeared[name] = time
+                        } else if old.byName[name] == nil && ours[name] == nil {
+                            listing.appeared[name] = listing.changedAt
+                        }
+                    }
+                } else if let appeared = Self.appearance(of: directory, in: listings) {
+                    // Made by another client since its parent was listed: so was everything in it.
+                    listing.changedAt = appeared
+                    for entry in listing.entries where ours[ExactString(entry.name)] == nil {
+                        if case .directory = entry.kind { listing.appeared[ExactString(entry.name)] = appeared }
+                    }
                 }
                 made[directory] = listing
                 listings[directory] = listing
@@ -687,10 +714,12 @@ public final class Namespace: Sendable {
         switch kind {
         case .directory(let prefix):
             // As on a local file system, the time a name last appeared or went: through this mount, or in
-            // the store's listing as a refresh found it (0: the mount's start). Trainers rotate checkpoints
+            // the store's listing as a refresh found it, or found the directory itself made by another
+            // client (0: the mount's start). Trainers rotate checkpoints
             // by it, so it must never make an older directory look newer. The kernel keeps a directory's
             // READDIR results until this changes.
-            let store = listings.withLock { $0[ExactString(prefix)] }?.changedAt ?? 0
+            let directory = ExactString(prefix)
+            let store = listings.withLock { $0[directory]?.changedAt ?? Self.appearance(of: directory, in: $0) } ?? 0
             let changed = max(store, overlay?.changeTime(of: prefix) ?? 0)
             var attributes = Attributes(ino: ino, kind: kind, size: 0, modified: changed / 1_000_000_000)
             attributes.modifiedNanoseconds = changed % 1_000_000_000
@@ -708,6 +737,12 @@ public final class Namespace: Sendable {
             }
             return attributes(ino, current)
         }
+    }
+
+    /// When a refresh of its parent found directory `prefix` made by another client, if it did.
+    private static func appearance(of directory: ExactString, in listings: [ExactString: Listing]) -> Int64? {
+        let (parent, name) = NameRules.split(String(directory.string.dropLast()))
+        return listings[ExactString(parent)]?.appeared[ExactString(name)]
     }
 
     static func monotonicSeconds() -> Double {

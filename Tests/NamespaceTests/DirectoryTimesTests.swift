@@ -61,3 +61,30 @@ final class ScriptedOverlay: NamespaceOverlay, @unchecked Sendable {
         #expect(mtime(try namespace.attributes(job)) == mtime(before))
     }
 }
+
+@Suite struct AppearedDirectoryTests {
+    private func mtime(_ attributes: Attributes) -> Int64 { attributes.modified * 1_000_000_000 + attributes.modifiedNanoseconds }
+
+    @Test func aCheckpointAnotherClientSavesAfterTheListingIsNewerThanTheOnesBefore() throws {
+        let root = ScratchDirectory()
+        root.write("proj/job/checkpoint-1/rank-0/a", "x")
+        let namespace = Namespace(store: LocalStore(root: root.path), configuration: .init(rootPrefix: "", metadataTTL: 0.2))
+        let project = try namespace.lookup(parent: Namespace.rootIno, name: "proj")
+        let job = try namespace.lookup(parent: project.ino, name: "job")
+        let first = try namespace.lookup(parent: job.ino, name: "checkpoint-1")
+        for step in 2...3 {
+            root.write("proj/job/checkpoint-\(step)/rank-0/a", "x")  // another client, one refresh apart
+            usleep(300_000)  // past the listing's TTL
+            #expect(try namespace.readdirOrder(job.ino).entries.map(\.name).contains("checkpoint-\(step)"))
+        }
+        let second = try namespace.lookup(parent: job.ino, name: "checkpoint-2")
+        let third = try namespace.lookup(parent: job.ino, name: "checkpoint-3")
+        // Before its own listing, and after it; its sub-directories too.
+        #expect(mtime(try namespace.attributes(second.ino)) > mtime(try namespace.attributes(first.ino)))
+        let rank = try namespace.lookup(parent: third.ino, name: "rank-0")
+        #expect(mtime(try namespace.attributes(third.ino)) > mtime(try namespace.attributes(second.ino)))
+        #expect(mtime(try namespace.attributes(rank.ino)) == mtime(try namespace.attributes(third.ino)))
+        #expect(mtime(try namespace.attributes(first.ino)) == 0)
+        withExtendedLifetime(root) {}
+    }
+}

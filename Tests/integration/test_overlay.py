@@ -595,6 +595,23 @@ def test_checkpoints_rotated_by_modification_time_keep_the_newest(mounter, moto_
     assert keys == {"p/run/checkpoint-3/model.safetensors"}
 
 
+def test_checkpoints_another_client_saves_while_mounted_look_newer_than_the_ones_before(mounter, moto_client, bucket):
+    # Another node's job saving while this mount watches: each new checkpoint must look newest from its
+    # first sight on (all of them had the mount's start time), or a rotation by mtime picks the wrong one.
+    moto_client.put_object(Bucket=bucket, Key="p/run/checkpoint-1/model.safetensors", Body=b"1")
+    run_dir = mounter.mount(f"s3://{bucket}", args=["--metadata-ttl", "1", "--read-only"]).mountpoint / "p/run"
+    assert sorted(os.listdir(run_dir)) == ["checkpoint-1", "latest"]
+    for n in (2, 3):
+        moto_client.put_object(Bucket=bucket, Key=f"p/run/checkpoint-{n}/rank-0/model.safetensors", Body=b"%d" % n)
+        deadline = time.monotonic() + 30
+        while f"checkpoint-{n}" not in os.listdir(run_dir):
+            assert time.monotonic() < deadline, "the listing never showed the new checkpoint"
+            time.sleep(0.2)
+    mtimes = [os.stat(run_dir / f"checkpoint-{n}").st_mtime_ns for n in (1, 2, 3)]
+    assert mtimes[0] < mtimes[1] < mtimes[2], mtimes
+    assert os.stat(run_dir / "checkpoint-3/rank-0").st_mtime_ns >= mtimes[2]
+
+
 def test_latest_links_follow_the_checkpoints_this_mount_saves_and_removes(mounter, moto_client, bucket):
     moto_client.put_object(Bucket=bucket, Key="p/run/checkpoint-1/model.safetensors", Body=b"1")
     project = mounter.mount(f"s3://{bucket}", args=["--allow-delete"]).mountpoint / "p"
