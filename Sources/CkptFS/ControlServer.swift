@@ -7,9 +7,10 @@ import Synchronization
 /// The daemon's control channel: a Unix socket in the user's private runtime directory (0700, socket 0600).
 /// One request line per connection, answered with one or more lines:
 /// `sync PATH` → `ok` or `failed KEY…` once nothing under PATH is queued; `status` → `key=value` lines
-/// (`passthrough=1` when the kernel serves open staged files).
+/// (`passthrough=1` when the kernel serves open staged files). A read-only mount (no overlay) has nothing
+/// to upload: its sync answers `ok` at once, and its status counts no uploads.
 public final class ControlServer: @unchecked Sendable {
-    private let overlay: Overlay
+    private let overlay: Overlay?
     private let fileSystem: FileSystem
     private let rootPrefix: String
     private let path: String
@@ -19,7 +20,7 @@ public final class ControlServer: @unchecked Sendable {
     private let logger = Logger(label: "ckptfs.control")
 
     public init(
-        path: String, overlay: Overlay, rootPrefix: String, fileSystem: FileSystem
+        path: String, overlay: Overlay?, rootPrefix: String, fileSystem: FileSystem
     ) throws(MountError) {
         self.path = path
         self.overlay = overlay
@@ -78,10 +79,10 @@ public final class ControlServer: @unchecked Sendable {
         let reply: String
         if request.hasPrefix("sync ") || request == "sync" {
             let relative = request.dropFirst(5)
-            let failed = overlay.sync(prefix: rootPrefix + relative)
+            let failed = overlay?.sync(prefix: rootPrefix + relative) ?? []
             reply = failed.isEmpty ? "ok\n" : "failed \(failed.count) \(failed.joined(separator: " "))\n"
         } else if request == "status" {
-            let status = overlay.status()
+            let status = overlay?.status() ?? Overlay.Status()
             var lines = [
                 "queued=\(status.queued)", "queued_bytes=\(status.queuedBytes)", "in_flight=\(status.inFlight)",
                 "staged_files=\(status.stagedFiles)", "staged_bytes=\(status.stagedBytes)",

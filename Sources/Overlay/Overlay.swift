@@ -99,6 +99,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         /// Staged files an earlier daemon left that cannot be uploaded (open for writing when it died, or
         /// not matching their journal record): kept, never uploaded.
         public var abandoned: [String] = []
+
+        /// Nothing queued, staged or failing (a read-only mount's).
+        public init() {}
     }
 
     public let configuration: Configuration

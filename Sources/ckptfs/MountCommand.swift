@@ -157,20 +157,18 @@ struct MountCommand: ParsableCommand {
         }
         // Whatever can fail is done before the mount: an error after it would leave a dead mount behind.
         let pidFile = try? Mountpoints.pidFile(for: plan.mountpoint)
-        var control: ControlServer?
-        if let overlay = fileSystem.overlay {
-            let socket = try Mountpoints.socketFile(for: plan.mountpoint)
-            do throws(MountError) {
-                control = try ControlServer(path: socket, overlay: overlay, rootPrefix: plan.rootPrefix, fileSystem: fileSystem)
-            } catch {
-                throw CLIError(error.description)
-            }
+        let socket = try Mountpoints.socketFile(for: plan.mountpoint)
+        let control: ControlServer
+        do throws(MountError) {
+            control = try ControlServer(path: socket, overlay: fileSystem.overlay, rootPrefix: plan.rootPrefix, fileSystem: fileSystem)
+        } catch {
+            throw CLIError(error.description)
         }
         let session: FuseSession
         do throws(MountError) {
             session = try FuseSession(fileSystem: fileSystem, mountpoint: plan.mountpoint, options: plan.fuseOptions)
         } catch {
-            control?.stop()
+            control.stop()
             throw CLIError(error.description)
         }
         if let pidFile { try? "\(getpid())\n".write(toFile: pidFile) }
@@ -181,7 +179,7 @@ struct MountCommand: ParsableCommand {
         let status = session.run(maxThreads: 16)
         Logger(label: "ckptfs").info("unmounted", metadata: ["status": "\(status)"])
         // Unmounted, the daemon has nobody left to answer; a request already accepted is still answered.
-        control?.stop()
+        control.stop()
         fileSystem.flush()
         var left = 0
         if let overlay = fileSystem.overlay {

@@ -16,7 +16,7 @@ struct SyncCommand: ParsableCommand {
             let (mountpoint, relative) = try Mountpoints.enclosingMount(path)
             let socket = try Mountpoints.socketFile(for: mountpoint)
             guard let answer = SyncProgress.sync(socket: socket, relative: relative, timeout: nil) else {
-                throw CLIError("cannot reach the daemon of \(mountpoint) (read-only mount, or it stopped)")
+                throw CLIError("cannot reach the daemon of \(mountpoint) (it stopped)")
             }
             if answer.hasPrefix("ok") { return }
             throw CLIError("uploads failing: \(answer.dropFirst("failed ".count).trimmingCharacters(in: "\n"))")
@@ -41,7 +41,7 @@ struct StatusCommand: ParsableCommand {
         do throws(CLIError) {
             let (root, _) = try Mountpoints.enclosingMount(mountpoint)
             guard let answer = ControlChannel.ask(try Mountpoints.socketFile(for: root), "status") else {
-                throw CLIError("cannot reach the daemon of \(root) (read-only mount, or it stopped)")
+                throw CLIError("cannot reach the daemon of \(root) (it stopped)")
             }
             let lines = answer.split(separator: "\n")
             guard json else {

@@ -208,6 +208,19 @@ def test_unmount_removes_the_control_socket_and_a_later_read_only_mount_unmounts
     assert result.returncode == 0, result.stderr
 
 
+def test_status_and_sync_answer_for_a_read_only_mount(mounter, dataset, ckptfs_bin):
+    mnt = mounter.mount(f"s3://{dataset.bucket}", args=["--read-only"]).mountpoint
+    status = run([ckptfs_bin, "status", mnt], env=mounter.env)
+    assert status.returncode == 0, status.stderr  # was: cannot reach the daemon
+    fields = dict(line.split("=", 1) for line in status.stdout.split())
+    assert fields["queued"] == "0" and fields["staged_files"] == "0" and int(fields["cache_capacity"]) > 0, fields
+    synced = run([ckptfs_bin, "sync", mnt], env=mounter.env)
+    assert synced.returncode == 0 and synced.stderr == "", synced
+    socket_path = control_socket(daemons(mnt)[0])
+    assert mounter.unmount(mnt).returncode == 0
+    assert not socket_path.exists(), "the control socket outlived its daemon"
+
+
 def test_unmount_of_a_killed_writable_daemon_says_it_was_not_running(mounter, dataset):
     mnt = mounter.mount(f"s3://{dataset.bucket}").mountpoint
     pids = daemons(mnt)
