@@ -8,6 +8,18 @@ struct Ckptfs: ParsableCommand {
         abstract: "Mount ML checkpoints in S3-compatible object storage as a lazily fetched file tree.",
         subcommands: [MountCommand.self, UnmountCommand.self, SyncCommand.self, StatusCommand.self, DemoCommand.self]
     )
+
+    /// Runs the command line. A usage error (unknown option, missing or unparseable value) is one
+    /// `ckptfs: error:` line and exit status 1, like every other error; help is printed as usual.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            if exitCode(for: error) == .validationFailure { Self.exit(withError: fail(message(for: error))) }
+            Self.exit(withError: error)
+        }
+    }
 }
 
 /// Prints `ckptfs: error: <message>` as one line on stderr and exits with status 1.

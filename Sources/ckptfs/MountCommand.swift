@@ -34,22 +34,24 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Block cache directory (created 0700). Default: $XDG_CACHE_HOME/ckptfs or ~/.cache/ckptfs.")
     var cacheDir: String?
 
-    @Option(help: "Upper bound of the block cache on disk, e.g. 20G.")
+    // Options with numbers take the next argument whatever it starts with: `--metadata-ttl -5` is refused
+    // for its value, not taken for an option.
+    @Option(parsing: .unconditional, help: "Upper bound of the block cache on disk, e.g. 20G.")
     var cacheSize: String = "20G"
 
-    @Option(help: "Cache block size: a power of two from 1M to 64M.")
+    @Option(parsing: .unconditional, help: "Cache block size: a power of two from 1M to 64M.")
     var blockSize: String = "4M"
 
-    @Option(help: "Seconds a directory listing (and the kernel's entry and attribute caches) stays valid.")
+    @Option(parsing: .unconditional, help: "Seconds a directory listing (and the kernel's entry and attribute caches) stays valid.")
     var metadataTTL: Double = 60
 
-    @Option(help: "Seconds the kernel remembers that a name does not exist.")
+    @Option(parsing: .unconditional, help: "Seconds the kernel remembers that a name does not exist.")
     var negativeTTL: Double = 5
 
-    @Option(help: "Owner reported for every file. Default: the mounting user.")
+    @Option(parsing: .unconditional, help: "Owner reported for every file. Default: the mounting user.")
     var uid: UInt32?
 
-    @Option(help: "Group reported for every file. Default: the mounting user's group.")
+    @Option(parsing: .unconditional, help: "Group reported for every file. Default: the mounting user's group.")
     var gid: UInt32?
 
     @Flag(help: "Refuse every write with EROFS.")
@@ -69,13 +71,13 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Directory where written files wait for upload (created 0700). Default: staging/ beside the cache blocks.")
     var stagingDir: String?
 
-    @Option(help: "Upper bound of the staging dir, e.g. 50G. When full, writers wait for uploads to free space.")
+    @Option(parsing: .unconditional, help: "Upper bound of the staging dir, e.g. 50G. When full, writers wait for uploads to free space.")
     var stagingSize: String?
 
-    @Option(help: "Parallel uploads (files, and parts of a multipart upload each).")
+    @Option(parsing: .unconditional, help: "Parallel uploads (files, and parts of a multipart upload each).")
     var uploadThreads: Int = 4
 
-    @Option(help: "Seconds to keep uploading after an unmount or SIGTERM before leaving the rest staged.")
+    @Option(parsing: .unconditional, help: "Seconds to keep uploading after an unmount or SIGTERM before leaving the rest staged.")
     var drainTimeout: Double = 600
 
     @Flag(help: "Let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root).")
@@ -84,7 +86,7 @@ struct MountCommand: ParsableCommand {
     @Option(help: "PEM bundle of CA certificates to trust for TLS (private CAs). TLS is always verified.")
     var caBundle: String?
 
-    @Option(help: "Parallel GET requests at most.")
+    @Option(parsing: .unconditional, help: "Parallel GET requests at most.")
     var fetchThreads: Int = 8
 
     @Flag(help: "Stay attached and log to stderr instead of detaching.")

@@ -10,10 +10,10 @@ struct UnmountCommand: ParsableCommand {
     @Argument(help: "The mount point.")
     var mountpoint: String
 
-    @Option(help: "Seconds to wait for the daemon to exit after unmounting.")
+    @Option(parsing: .unconditional, help: "Seconds to wait for the daemon to exit after unmounting.")
     var timeout: Double = 30
 
-    @Option(help: "Seconds to wait for queued uploads before unmounting anyway (the rest stays staged).")
+    @Option(parsing: .unconditional, help: "Seconds to wait for queued uploads before unmounting anyway (the rest stays staged).")
     var drainTimeout: Double = 600
 
     func run() throws {

@@ -122,12 +122,20 @@ def test_a_mountpoint_inside_its_file_remote_is_refused(mounter, tmp_path, where
     expect_mount_error(mounter, f"file://{spelled}", ("inside the remote",), mountpoint=mnt)
 
 
+@pytest.mark.parametrize("spelling", ["joined", "separate"])
 @pytest.mark.parametrize("option,value", [
     ("--drain-timeout", "nan"), ("--drain-timeout", "inf"), ("--drain-timeout", "-5"), ("--metadata-ttl", "inf"),
-    ("--negative-ttl", "1e300"), ("--staging-size", "0"),
+    ("--negative-ttl", "1e300"), ("--staging-size", "0"), ("--metadata-ttl", "-5"), ("--cache-size", "-5"),
+    ("--uid", "-1"), ("--fetch-threads", "-1"),
 ])
-def test_invalid_duration_or_size(mounter, dataset, option, value):
-    expect_mount_error(mounter, f"s3://{dataset.bucket}", (option,), args=[f"{option}={value}"])
+def test_invalid_duration_or_size(mounter, dataset, option, value, spelling):
+    # `--metadata-ttl -5` was taken for a missing value: a usage text of 4 lines, exit status 64.
+    args = [f"{option}={value}"] if spelling == "joined" else [option, value]
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", (option,), args=args)
+
+
+def test_an_unknown_option_is_one_line(mounter, dataset):
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("--cache-dir-typo",), args=["--cache-dir-typo", "x"])
 
 
 def test_unmount_refuses_an_invalid_timeout_and_leaves_the_mount_alone(mounter, dataset, ckptfs_bin):
