@@ -143,7 +143,7 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
         self.store = store
         self.configuration = configuration
         filesDirectory = configuration.directory + "/files"
-        try Self.makePrivateDirectory(configuration.directory)
+        try Self.makeStagingDirectory(configuration.directory)
         stagingLock = try Self.lockStaging(configuration.directory)
         try Self.makePrivateDirectory(filesDirectory)
         let journalPath = configuration.directory + "/journal"
@@ -1245,6 +1245,15 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
             return id
         case .boot, .written, .forgot: return 0
         }
+    }
+
+    /// Creates a remote's directory `path` in the staging directory, both private (see `PrivateDirectory`):
+    /// whoever may write the staging directory could swap the remote's directory in it.
+    static func makeStagingDirectory(_ path: String) throws(OverlayError) {
+        if let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")), slash != path.utf8.startIndex {
+            try makePrivateDirectory(String(path[..<slash]))
+        }
+        try makePrivateDirectory(path)
     }
 
     /// Creates the staging directory `path` (see `PrivateDirectory`).

@@ -17,7 +17,7 @@ extension Overlay {
     /// Prepares staging directory `directory` as `init` does and checks that no overlay has it open, without
     /// opening it: the check of `mount` before it starts the daemon that recovers the directory.
     public static func checkAvailable(directory: String) throws(OverlayError) {
-        try makePrivateDirectory(directory)
+        try makeStagingDirectory(directory)
         if DirectoryLock.isHeld(in: directory) { throw OverlayError(directory: directory, lockFailure: .held) }
     }
 }

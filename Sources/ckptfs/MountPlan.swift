@@ -146,9 +146,13 @@ struct MountPlan {
         // Neither end may leak into other children; the daemon gets the write end as fd 3 via dup2.
         pipeFDs.forEach { _ = fcntl($0, F_SETFD, FD_CLOEXEC) }
         let log = open(logFile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        guard log >= 0 else {
+        // An existing log is the user's own and private too, as a new one is.
+        var info = stat()
+        guard log >= 0, fstat(log, &info) == 0, info.st_uid == geteuid(), info.st_mode & 0o077 == 0 || fchmod(log, 0o600) == 0 else {
+            let reason = log >= 0 && info.st_uid != geteuid() ? "not owned by the current user" : String(cString: strerror(errno))
+            if log >= 0 { close(log) }
             close(pipeFDs[0]); close(pipeFDs[1])
-            throw CLIError("log file \(logFile): \(String(cString: strerror(errno)))")
+            throw CLIError("log file \(logFile): \(reason)")
         }
         let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
         // The daemon's options go right after the subcommand: after a `--` they would be positional.

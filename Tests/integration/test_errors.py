@@ -1,6 +1,7 @@
 """Bad input makes `ckptfs mount` fail fast with one line, a non-zero exit and nothing mounted."""
 
 import os
+import stat
 import signal
 
 import pytest
@@ -120,6 +121,28 @@ def test_a_mountpoint_inside_its_file_remote_is_refused(mounter, tmp_path, where
             (tmp_path / "link").symlink_to(remote)
             spelled = tmp_path / "link"
     expect_mount_error(mounter, f"file://{spelled}", ("inside the remote",), mountpoint=mnt)
+
+
+def test_an_existing_staging_dir_and_log_file_are_made_private(mounter, dataset, tmp_path):
+    staging, log = tmp_path / "staging", tmp_path / "mount.log"
+    staging.mkdir(mode=0o755)
+    log.write_bytes(b"")
+    log.chmod(0o644)
+    mounter.mount(f"s3://{dataset.bucket}", args=["--staging-dir", staging, "--log-file", log])
+    assert stat.S_IMODE(staging.stat().st_mode) == 0o700  # was 0755: only the remote's directory in it was private
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600  # was 0644
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in staging.iterdir())
+
+
+@pytest.mark.parametrize("what", ["staging-dir", "log-file"])
+def test_a_staging_dir_or_log_file_of_another_user_is_refused(mounter, dataset, tmp_path, what):
+    path = tmp_path / what
+    if what == "staging-dir":
+        path.mkdir()
+    else:
+        path.write_bytes(b"")
+    os.chown(path, 65534, 65534)  # nobody
+    expect_mount_error(mounter, f"s3://{dataset.bucket}", ("not owned by the current user",), args=[f"--{what}", path])
 
 
 @pytest.mark.parametrize("spelling", ["joined", "separate"])
