@@ -344,7 +344,9 @@ extension FileSystem {
             return
         }
         do throws(OverlayError) {
-            try overlay?.reserve(handle.file, growingTo: offset + Int64(size))
+            // A writer waiting for room can be interrupted (a signal, kill -9): it would stay in
+            // uninterruptible sleep until an upload freed some, for ever with the store unreachable.
+            try overlay?.reserve(handle.file, growingTo: offset + Int64(size), cancelled: { fuse_req_interrupted(req) != 0 })
         } catch {
             fuse_reply_err(req, error.errno)
             return

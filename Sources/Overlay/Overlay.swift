@@ -548,8 +548,9 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
     }
 
     /// Accounts for `file` growing to `size` bytes before the bytes are written. When the staging budget is
-    /// used up, waits for queued uploads to free space; fails with `ENOSPC` only when nothing queued could.
-    public func reserve(_ file: StagedFile, growingTo size: Int64) throws(OverlayError) {
+    /// used up, waits for queued uploads to free space; fails with `ENOSPC` only when nothing queued could,
+    /// and with `EINTR` once `cancelled` says so (asked every 0.1 s while it waits).
+    public func reserve(_ file: StagedFile, growingTo size: Int64, cancelled: () -> Bool = { false }) throws(OverlayError) {
         try monitor.withLock { () throws(OverlayError) in
             let need = size - file.charged
             guard need > 0 else { return }
@@ -558,7 +559,8 @@ public final class Overlay: NamespaceOverlay, @unchecked Sendable {
                 guard !running.isEmpty || pending.contains(where: { $0.attempts < Self.attemptsBeforeReporting }) else {
                     throw OverlayError(path: configuration.directory, errno: ENOSPC)
                 }
-                monitor.wait()
+                if cancelled() { throw OverlayError(path: configuration.directory, errno: EINTR) }
+                _ = monitor.wait(until: Monitor.deadline(after: 0.1))
             }
             charged += need
             file.charged = size

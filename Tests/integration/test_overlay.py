@@ -7,6 +7,8 @@ import hashlib
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import time
 import uuid
 import zipfile
@@ -331,6 +333,30 @@ def test_a_file_larger_than_the_staging_dir_gets_enospc(mounter, bucket):
         with open(mnt / "huge.bin", "wb") as f:
             f.write(os.urandom(12 << 20))
     assert raised.value.errno == errno.ENOSPC
+
+
+def test_a_writer_waiting_for_staging_room_can_be_killed(mounter, tmp_path):
+    # With the store unreachable, a writer that needs room waits for an upload that may never come: it must
+    # stay killable (it was in uninterruptible sleep until an upload freed room, kill -9 or not).
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    mnt = mounter.mount(f"file://{remote}", args=["--staging-size", "8M"]).mountpoint
+    assert os.listdir(mnt) == []
+    remote.rename(tmp_path / "remote-gone")  # uploads fail from now on, and are retried
+    (mnt / "first.bin").write_bytes(os.urandom(6 << 20))
+    writer = subprocess.Popen([sys.executable, "-c", f"open({str(mnt / 'second.bin')!r}, 'wb').write(bytes(6 << 20))"])
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{writer.pid}/wchan").read_text() != "request_wait_answer":
+            assert writer.poll() is None, "the writer did not wait for room"
+            assert time.monotonic() < deadline, "the writer never waited for room"
+            time.sleep(0.05)
+        writer.kill()
+        writer.wait(timeout=10)  # timed out: the writer slept on in the kernel
+    finally:
+        (tmp_path / "remote-gone").rename(remote)
+        writer.wait(timeout=120)
+    assert (mnt / "first.bin").stat().st_size == 6 << 20
 
 
 class Outage:
